@@ -1,0 +1,33 @@
+"""The ``vssm`` command. Each sub-command lives in its own module and exposes ``add_arguments(parser)`` and
+``main(args) -> int``; this file only lists them."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+# sub-command -> (module, one-line help)
+COMMANDS = {
+    "demo": ("vssm.demo", "run vmamba_tiny_s1l8 on Fashion-MNIST test images and report shape, size and time"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vssm", description="Visual state space models: VMamba, Vim, MSVMamba.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(importlib.import_module(args._module).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+from .common import (
+    GatedMlp,
+    LayerNorm2d,
+    Linear2d,
+    Mlp,
+    PatchMerging2D,
+    Permute,
+    downsample_conv,
+    downsample_v1,
+    make_act,
+    make_linear,
+    make_norm,
+    patch_embed_v1,
+    patch_embed_v2,
+)
+from .ss2d import SS2D, SS2DVariant, parse_forward_type
+from .vss_block import VSSBlock

@@ -1,0 +1,207 @@
+"""Small building blocks shared by the VMamba-family models: layout helpers, norms, MLPs, stems, downsamplers.
+
+Every model runs in one of two layouts, fixed at construction: channel-last (B, H, W, C) with nn.Linear
+projections and nn.LayerNorm, or channel-first (B, C, H, W) with 1x1-conv projections (:class:`Linear2d`, whose
+weight stays 2-D) and :class:`LayerNorm2d`. Parameter names and shapes are identical in both, so one checkpoint
+loads into either.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Optional, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d as _TimmLayerNorm2d
+from torch import Tensor
+
+__all__ = [
+    "Permute",
+    "Linear2d",
+    "LayerNorm2d",
+    "Mlp",
+    "GatedMlp",
+    "PatchMerging2D",
+    "make_norm",
+    "make_linear",
+    "make_act",
+    "patch_embed_v1",
+    "patch_embed_v2",
+    "downsample_v1",
+    "downsample_conv",
+]
+
+LN_EPS = 1e-5  # every LayerNorm of the official models
+
+
+class Permute(nn.Module):
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(*self.dims)
+
+    def extra_repr(self) -> str:
+        return ", ".join(map(str, self.dims))
+
+
+class Linear2d(nn.Linear):
+    """A per-pixel linear map on (B, C, H, W) maps; the weight stays 2-D (out, in) like nn.Linear's."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+class LayerNorm2d(_TimmLayerNorm2d):
+    """LayerNorm over the channels of a (B, C, H, W) map, eps 1e-5 like the official models."""
+
+    def __init__(self, num_channels: int, eps: float = LN_EPS, affine: bool = True):
+        super().__init__(num_channels, eps=eps, affine=affine)
+
+
+def make_norm(channel_first: bool, kind: str = "ln") -> Type[nn.Module]:
+    """The norm class of a layout: "ln" (LayerNorm over channels) or "bn" (BatchNorm2d, channel-first only)."""
+    if kind == "bn":
+        if not channel_first:
+            raise ValueError("norm 'bn' (BatchNorm2d) needs the channel-first layout")
+        return nn.BatchNorm2d
+    if channel_first:
+        return LayerNorm2d
+    return lambda dim: nn.LayerNorm(dim, eps=LN_EPS)
+
+
+def make_linear(channel_first: bool) -> Type[nn.Linear]:
+    return Linear2d if channel_first else nn.Linear
+
+
+_ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+
+def make_act(name) -> Callable[[], nn.Module]:
+    """An activation class from its official config name ("silu", "gelu", "relu", "sigmoid") or a class."""
+    if isinstance(name, str):
+        if name.lower() not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_ACTIVATIONS)}")
+        return _ACTIVATIONS[name.lower()]
+    return name
+
+
+class Mlp(nn.Module):
+    """fc1 -> act -> drop -> fc2 -> drop, in either layout."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        drop: float = 0.0,
+        channel_first: bool = False,
+    ):
+        super().__init__()
+        linear = make_linear(channel_first)
+        self.fc1 = linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class GatedMlp(nn.Module):
+    """fc1 to 2*hidden, split into (x, z), fc2(x * act(z)) (the official "gmlp" option)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        drop: float = 0.0,
+        channel_first: bool = False,
+    ):
+        super().__init__()
+        linear = make_linear(channel_first)
+        self.channel_dim = 1 if channel_first else -1
+        self.fc1 = linear(in_features, 2 * hidden_features)
+        self.act = act_layer()
+        self.fc2 = linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x, z = self.fc1(x).chunk(2, dim=self.channel_dim)
+        return self.drop(self.fc2(self.drop(x * self.act(z))))
+
+
+def _to_last(channel_first: bool) -> nn.Module:
+    return nn.Identity() if channel_first else Permute(0, 2, 3, 1)
+
+
+def _to_first(channel_first: bool) -> nn.Module:
+    return nn.Identity() if channel_first else Permute(0, 3, 1, 2)
+
+
+def patch_embed_v1(in_chans: int, dim: int, patch_size: int, channel_first: bool, patch_norm: bool = True):
+    """Stem v1: one patch_size x patch_size conv, stride patch_size, then LN. Keys 0 (conv) and 2 (norm)."""
+    norm = make_norm(channel_first)
+    return nn.Sequential(
+        nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size, bias=True),
+        _to_last(channel_first),
+        norm(dim) if patch_norm else nn.Identity(),
+    )
+
+
+def patch_embed_v2(in_chans: int, dim: int, patch_size: int, channel_first: bool, patch_norm: bool = True):
+    """Stem v2: two (patch/2+1)^2 convs of stride patch/2, LN + GELU between, LN after. Keys 0, 2, 5, 7.
+
+    H -> ceil(H / 2) -> ceil(H / 4) for patch 4, so any input size works.
+    """
+    stride = patch_size // 2
+    kernel, padding = stride + 1, 1
+    norm = make_norm(channel_first)
+    return nn.Sequential(
+        nn.Conv2d(in_chans, dim // 2, kernel_size=kernel, stride=stride, padding=padding),
+        _to_last(channel_first),
+        norm(dim // 2) if patch_norm else nn.Identity(),
+        _to_first(channel_first),
+        nn.GELU(),
+        nn.Conv2d(dim // 2, dim, kernel_size=kernel, stride=stride, padding=padding),
+        _to_last(channel_first),
+        norm(dim) if patch_norm else nn.Identity(),
+    )
+
+
+class PatchMerging2D(nn.Module):
+    """Downsample v1 (Swin's patch merging): gather each 2x2 cell in the order (0,0), (1,0), (0,1), (1,1),
+    LN(4C), Linear(4C -> 2C, no bias). Odd sizes are zero-padded at the bottom / right, in both layouts."""
+
+    def __init__(self, dim: int, out_dim: int, channel_first: bool = False):
+        super().__init__()
+        self.channel_first = channel_first
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=LN_EPS)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.channel_first:
+            x = x.permute(0, 2, 3, 1)
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        x = self.reduction(self.norm(x))
+        return x.permute(0, 3, 1, 2) if self.channel_first else x
+
+
+def downsample_v1(dim: int, out_dim: int, channel_first: bool) -> nn.Module:
+    return PatchMerging2D(dim, out_dim, channel_first)
+
+
+def downsample_conv(dim: int, out_dim: int, channel_first: bool, kernel_size: int) -> nn.Module:
+    """Downsample v2 (kernel 2, stride 2) or v3 (kernel 3, stride 2, padding 1): conv then LN. Keys 1 and 3."""
+    return nn.Sequential(
+        _to_first(channel_first),
+        nn.Conv2d(dim, out_dim, kernel_size=kernel_size, stride=2, padding=kernel_size // 2 if kernel_size == 3 else 0),
+        _to_last(channel_first),
+        make_norm(channel_first)(out_dim),
+    )

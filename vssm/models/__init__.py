@@ -1,0 +1,1 @@
+from .vmamba import VSSM

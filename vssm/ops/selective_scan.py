@@ -274,73 +274,118 @@ def _torch_forward(args: _GroupedInputs, softplus: bool, out_dtype: torch.dtype)
     return out.view(batch, groups * group_size, length)
 
 
-class _TorchSelectiveScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
-        dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
-        ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
-        ctx.delta_softplus = delta_softplus
-        ctx.dtype = dtype
-        args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
-        return _torch_forward(args, delta_softplus, out_dtype or u.dtype)
+@torch.library.custom_op("vssm::selective_scan", mutates_args=())
+def _scan_op(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    delta_softplus: bool,
+    out_dtype: Optional[torch.dtype],
+) -> Tensor:
+    dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
+    args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
+    return _torch_forward(args, delta_softplus, out_dtype or u.dtype)
 
-    @staticmethod
-    def backward(ctx, dout):
-        u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
-        dtype, softplus = ctx.dtype, ctx.delta_softplus
-        args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
-        batch, groups, group_size, n_state, length = args.shape
-        rows_total = batch * groups
-        dout = dout.reshape(rows_total, group_size, length)
 
-        du = torch.empty_like(args.u, dtype=dtype)
-        ddelta = torch.empty_like(args.delta, dtype=dtype)
-        dA = u.new_zeros((rows_total, group_size, n_state), dtype=dtype)
-        dB = u.new_zeros((rows_total, n_state, length), dtype=dtype)
-        dC = u.new_zeros((rows_total, n_state, length), dtype=dtype)
-        dD = u.new_zeros((rows_total, group_size), dtype=dtype)
-        dbias = u.new_zeros((rows_total, group_size), dtype=dtype)
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
+    return u.new_empty(u.shape, dtype=out_dtype or u.dtype)
 
-        # The backward holds about twice the forward's temporaries: use half-size blocks.
-        for rows, chans in _blocks(rows_total, group_size, n_state, length, u.device, scale=0.5):
-            u_b, delta_b, A_b, B_b, C_b, D_b, bias_b = args.block(rows, chans)
-            z, dt, a, h = _states(u_b, delta_b, A_b, B_b, bias_b, softplus)
-            g_out = dout[rows, chans].to(dtype)
-            # adjoint state: g_t = dL/dh_t = a_{t+1} g_{t+1} + C_t * dy_t
-            g = _reverse_linear_scan(a, C_b[:, None] * g_out[:, :, None, :])
-            h_prev = F.pad(h[..., :-1], (1, 0))
-            d_log_a = g * h_prev * a  # dL/d(dt*A)
-            g_b = torch.einsum("rdnl,rnl->rdl", g, B_b)  # sum_n g * B
-            d_dt = torch.einsum("rdnl,rdn->rdl", d_log_a, A_b) + g_b * u_b
-            du[rows, chans] = torch.addcmul(g_b * dt, D_b[..., None], g_out)
-            dA[rows, chans] = torch.einsum("rdnl,rdl->rdn", d_log_a, dt)
-            dB[rows] += torch.einsum("rdnl,rdl->rnl", g, dt * u_b)
-            dC[rows] += torch.einsum("rdnl,rdl->rnl", h, g_out)
-            dD[rows, chans] = (g_out * u_b).sum(-1)
-            if softplus:
-                d_dt = torch.where(z > _SOFTPLUS_THRESHOLD, d_dt, d_dt * torch.sigmoid(z))
-            ddelta[rows, chans] = d_dt
-            dbias[rows, chans] = d_dt.sum(-1)
 
-        def per_channel(t: Tensor) -> Tensor:  # (rows, D, ...) summed over batch -> (K*D, ...)
-            return t.view((batch, groups * group_size) + t.shape[2:]).sum(0)
+@torch.library.custom_op("vssm::selective_scan_backward", mutates_args=())
+def _scan_backward_op(
+    dout: Tensor,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    delta_softplus: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias); dD / ddelta_bias are zeros when D / delta_bias are None."""
+    dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
+    args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
+    batch, groups, group_size, n_state, length = args.shape
+    rows_total = batch * groups
+    dout = dout.reshape(rows_total, group_size, length)
 
-        grads = (
-            du.view(u.shape).to(u.dtype),
-            ddelta.view(delta.shape).to(delta.dtype),
-            per_channel(dA).to(A.dtype),
-            dB.view(B.shape).to(B.dtype),
-            dC.view(C.shape).to(C.dtype),
-            per_channel(dD).to(D.dtype) if D is not None else None,
-            per_channel(dbias).to(delta_bias.dtype) if delta_bias is not None else None,
-        )
-        grads = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
-        return grads + (None, None)
+    du = torch.empty_like(args.u, dtype=dtype)
+    ddelta = torch.empty_like(args.delta, dtype=dtype)
+    dA = u.new_zeros((rows_total, group_size, n_state), dtype=dtype)
+    dB = u.new_zeros((rows_total, n_state, length), dtype=dtype)
+    dC = u.new_zeros((rows_total, n_state, length), dtype=dtype)
+    dD = u.new_zeros((rows_total, group_size), dtype=dtype)
+    dbias = u.new_zeros((rows_total, group_size), dtype=dtype)
+
+    # The backward holds about twice the forward's temporaries: use half-size blocks.
+    for rows, chans in _blocks(rows_total, group_size, n_state, length, u.device, scale=0.5):
+        u_b, delta_b, A_b, B_b, C_b, D_b, bias_b = args.block(rows, chans)
+        z, dt, a, h = _states(u_b, delta_b, A_b, B_b, bias_b, delta_softplus)
+        g_out = dout[rows, chans].to(dtype)
+        # adjoint state: g_t = dL/dh_t = a_{t+1} g_{t+1} + C_t * dy_t
+        g = _reverse_linear_scan(a, C_b[:, None] * g_out[:, :, None, :])
+        h_prev = F.pad(h[..., :-1], (1, 0))
+        d_log_a = g * h_prev * a  # dL/d(dt*A)
+        g_b = torch.einsum("rdnl,rnl->rdl", g, B_b)  # sum_n g * B
+        d_dt = torch.einsum("rdnl,rdn->rdl", d_log_a, A_b) + g_b * u_b
+        du[rows, chans] = torch.addcmul(g_b * dt, D_b[..., None], g_out)
+        dA[rows, chans] = torch.einsum("rdnl,rdl->rdn", d_log_a, dt)
+        dB[rows] += torch.einsum("rdnl,rdl->rnl", g, dt * u_b)
+        dC[rows] += torch.einsum("rdnl,rdl->rnl", h, g_out)
+        dD[rows, chans] = (g_out * u_b).sum(-1)
+        if delta_softplus:
+            d_dt = torch.where(z > _SOFTPLUS_THRESHOLD, d_dt, d_dt * torch.sigmoid(z))
+        ddelta[rows, chans] = d_dt
+        dbias[rows, chans] = d_dt.sum(-1)
+
+    def per_channel(t: Tensor) -> Tensor:  # (rows, D, ...) summed over batch -> (K*D, ...)
+        return t.view((batch, groups * group_size) + t.shape[2:]).sum(0)
+
+    return (
+        du.view(u.shape).to(u.dtype),
+        ddelta.view(delta.shape).to(delta.dtype),
+        per_channel(dA).to(A.dtype),
+        dB.view(B.shape).to(B.dtype),
+        dC.view(C.shape).to(C.dtype),
+        per_channel(dD).to(D.dtype if D is not None else dtype),
+        per_channel(dbias).to(delta_bias.dtype if delta_bias is not None else dtype),
+    )
+
+
+@_scan_backward_op.register_fake
+def _(dout, u, delta, A, B, C, D, delta_bias, delta_softplus):
+    channels = u.shape[1]
+    like = lambda t: torch.empty_like(t) if t is not None else u.new_empty((channels,), dtype=torch.float32)  # noqa: E731
+    return tuple(like(t) for t in (u, delta, A, B, C)) + (like(D), like(delta_bias))
+
+
+def _scan_setup_context(ctx, inputs, output) -> None:
+    u, delta, A, B, C, D, delta_bias, delta_softplus, _ = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    ctx.delta_softplus = delta_softplus
+
+
+def _scan_autograd_backward(ctx, dout):
+    u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
+    grads = list(_scan_backward_op(dout, u, delta, A, B, C, D, delta_bias, ctx.delta_softplus))
+    grads[5] = grads[5] if D is not None else None
+    grads[6] = grads[6] if delta_bias is not None else None
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
+
+
+_scan_op.register_autograd(_scan_autograd_backward, setup_context=_scan_setup_context)
 
 
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_dtype=None) -> Tensor:
-    """The portable backend: vectorised associative scan with a recomputing backward; B and C are 4-D."""
-    return _TorchSelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    """The portable backend (the custom op ``torch.ops.vssm.selective_scan``): vectorised associative scan with a
+    recomputing backward; B and C are 4-D."""
+    return _scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
 
 
 register_backend("reference", selective_scan_reference)

@@ -12,7 +12,6 @@ import argparse
 import functools
 import os
 import pickle
-import zipfile
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -60,8 +59,8 @@ def read_checkpoint(path: str) -> object:
                 f"state_dict (torch.save(obj['model'], ...)) with the code that made it. Details: {msg.splitlines()[0]}"
             ) from err
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    except Exception as err:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ... depending on where
+        first = f"{type(err).__name__}: {str(err).splitlines()[0]}" if str(err) else type(err).__name__
         raise CheckpointError(
             f"cannot read {path} as a PyTorch checkpoint ({first}); the file is truncated or corrupt "
             f"(download it again) or not a checkpoint"

@@ -118,7 +118,8 @@ def _check_args(u, delta, A, B, C, D, delta_bias) -> None:
             f"groups of `B` {tuple(B.shape)}; K*D must be a multiple of K"
         )
     if tuple(B.shape) != expected:
-        raise ValueError(f"selective_scan: `B` must have shape {expected}, got {tuple(B.shape)}")
+        form = "(batch, K, N, L)" if B.dim() == 4 else "(batch, N, L)"
+        raise ValueError(f"selective_scan: `B` must have shape {form} = {expected}, got {tuple(B.shape)}")
     if tuple(C.shape) != expected:
         raise ValueError(f"selective_scan: `C` must have shape {expected} (the shape of `B`), got {tuple(C.shape)}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):

@@ -1,1 +1,2 @@
 from .vmamba import VSSM
+from .vim import VisionMamba

@@ -4,7 +4,8 @@ Accepted files: ``.safetensors``; PyTorch files holding a bare state_dict or a d
 / ``state_dict`` / ``module`` (official training checkpoints, the official release files, mmdet/mmseg files with
 ``backbone.`` prefixes, DDP ``module.`` prefixes). Pickles are read with ``weights_only=True``: tensors, containers
 and plain values only, plus ``argparse.Namespace`` (the official Vim checkpoints store their training arguments
-that way). Anything else is refused before it runs.
+that way) and yacs ``CfgNode`` configs (official VMamba / MSVMamba training checkpoints), read as plain dicts.
+Anything else is refused before it runs.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import functools
 import os
 import pickle
+from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -22,7 +24,9 @@ from ._registry import list_models
 
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "load_checkpoint", "find_matching_models"]
 
-SAFE_GLOBALS = [argparse.Namespace]
+# The official MSVMamba (and VMamba) training checkpoints pickle their yacs config ('config': CfgNode, a dict
+# subclass); it is read as a plain OrderedDict, so yacs is neither needed nor imported and no code of it runs.
+SAFE_GLOBALS = [argparse.Namespace, (OrderedDict, "yacs.config.CfgNode")]
 _WRAPPER_KEYS = ("model", "model_ema", "state_dict", "module", "ema", "state_dict_ema")
 
 
@@ -54,9 +58,10 @@ def read_checkpoint(path: str) -> object:
         msg = str(err)
         if "Weights only load failed" in msg or "Unsupported global" in msg:
             raise CheckpointError(
-                f"refused to load {path}: it contains pickled Python objects other than tensors, containers and "
-                f"argparse.Namespace, and vssm never runs arbitrary pickled code. If you trust the file, re-save its "
-                f"state_dict (torch.save(obj['model'], ...)) with the code that made it. Details: {msg.splitlines()[0]}"
+                f"refused to load {path}: it contains pickled Python objects other than tensors, containers, "
+                f"argparse.Namespace and yacs CfgNode, and vssm never runs arbitrary pickled code. If you trust the "
+                f"file, re-save its state_dict (torch.save(obj['model'], ...)) with the code that made it. "
+                f"Details: {msg.splitlines()[0]}"
             ) from err
         raise CheckpointError(f"{path} is not a PyTorch checkpoint ({msg.splitlines()[0]})") from err
     except Exception as err:  # torch.load reports damage as RuntimeError, EOFError, KeyError, ... depending on where

@@ -1,2 +1,3 @@
 from .vmamba import VSSM
 from .vim import VisionMamba
+from .msvmamba import MSVSSM

@@ -1,0 +1,385 @@
+"""MSVMamba: multi-scale VMamba (spec/msvmamba.md), both released code generations.
+
+- generation 1 (branch ``master``, arXiv v1): MSVMamba Nano / Micro / Tiny. Channel-last, gated MS2D with a
+  per-branch LayerNorm and bilinear upsampling, SE on 2C, pre-norm ConvFFN x2, patch-merging downsampling.
+- generation 3 (branch ``v2``, "MSVMambav3"): Tiny / Small (``vms_noz``, no gate) and Base (``vms``, gated).
+  Channel-first, LayerNorm after the merge, nearest upsampling, SE on C, post-norm ConvFFN x4, conv stem and
+  conv downsampling.
+
+The constructor takes the official ``VSSM`` keyword arguments of either branch with their official names (the
+``constructor_args`` of the fixtures), so ``vssm.build_official("msvmamba", **kwargs)`` builds the official
+function and its checkpoints load strictly. The generation is told apart as the official code does: the v2
+branch's ``forward_type`` is ``"vms"`` / ``"vms_noz"``; the master branch switches to its multi-scale scan through
+``sscore_type="multiscale_4scan_12"``. ``generation=1 | 3`` (a vssm argument) says it explicitly.
+
+The six released ImageNet-1k classifiers are registered with timm under the fixtures' names. The network is a
+:class:`vssm.models.vmamba.VSSM` in structure (stem, ``layers[i]`` = blocks + downsample, classifier) and
+inherits its timm API (``forward_features``, ``forward_head``, ``forward_intermediates``, ``reset_classifier``,
+``set_grad_checkpointing``, ...); only the blocks differ.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs
+from torch import Tensor
+
+from .._registry import register_family, register_vssm_model
+from ..layers.common import Permute, downsample_conv, downsample_v1, make_norm, patch_embed_v1, patch_embed_v2
+from ..layers.ms2d import MSVSSBlock
+from .vmamba import VSSM, checkpoint_filter_fn
+
+__all__ = ["MSVSSM", "build_msvmamba", "checkpoint_filter_fn", "detect_generation"]
+
+_GEN1_SSCORE = "multiscale_4scan_12"
+_GEN3_FORWARD_TYPES = {"vms": True, "vms_noz": False}  # forward_type -> gated
+
+# Official **kwargs of the master branch's VSSM that must keep their released value (their other values select
+# code paths no released model uses); the released values are the config.py defaults.
+_GEN1_FIXED = {
+    "recurrent": False,
+    "inter_block_ssm": False,
+    "grid_size": 0,
+    "multiscale_ratio": [],
+    "multiscale_ksize": [],
+    "continous_patch": False,
+    "adaptive_merge": False,
+    "add_conv": True,
+    "b1_seq": False,
+    "ms_fusion": None,
+    "lpu": False,
+    "sep_norm": False,
+}
+# Official **kwargs that have no effect on these models: gen 1 reads UP_SAMPLE under another key, so `up_sample`
+# never acts (spec §12.6), b1_ratio only with b1_seq; gen 3 ignores the gen-1 names (its detection configs pass
+# them) and pre_norm / num_heads / axis_stage / ssm_rank_ratio (used by forward types vssm does not provide).
+_GEN1_IGNORED = {"up_sample", "b1_ratio", "ssm_rank_ratio", "ssm_simple_init", "current_layer"}
+_GEN3_IGNORED = {
+    "pre_norm",
+    "num_heads",
+    "axis_stage",
+    "ssm_rank_ratio",
+    "sscore_type",
+    "ms_stage",
+    "ms_split",
+    "ffn_dropout",
+    "input_resolution",
+}
+_GEN1_KWARGS = set(_GEN1_FIXED) | _GEN1_IGNORED | {"sscore_type", "ms_stage", "ms_split", "add_se", "convFFN", "ffn_dropout"}
+_GEN3_KWARGS = _GEN3_IGNORED | {"add_se", "convffn", "conv_ffn_ratio", "full_res_index"}
+
+
+def detect_generation(forward_type: str = "v2", **kwargs) -> int:
+    """1 or 3: which MSVMamba code generation a set of official ``VSSM`` keyword arguments belongs to."""
+    explicit = kwargs.get("generation")
+    if explicit is not None:
+        if explicit not in (1, 3):
+            raise ValueError(f"generation must be 1 (master branch) or 3 (v2 branch, MSVMambav3), got {explicit!r}")
+        return explicit
+    if forward_type in _GEN3_FORWARD_TYPES:
+        return 3
+    if kwargs.get("sscore_type") == _GEN1_SSCORE:
+        return 1
+    raise ValueError(
+        "cannot tell which MSVMamba generation these arguments describe: the v2 branch (MSVMambav3) uses "
+        f"forward_type='vms' or 'vms_noz' (got {forward_type!r}); the master branch (MSVMamba Nano/Micro/Tiny) "
+        f"needs sscore_type={_GEN1_SSCORE!r} (got {kwargs.get('sscore_type')!r}). Or pass generation=1 or 3."
+    )
+
+
+class MSVSSM(VSSM):
+    """MSVMamba backbone + classifier, from the official ``VSSM`` keyword arguments of either generation.
+
+    vssm arguments beyond the official ones: ``generation`` (1 or 3; detected from the arguments when None),
+    ``channel_first`` (run in the other layout than ``norm_layer`` implies: same weights, same function),
+    ``global_pool`` ("avg" or ""), ``scan_backend`` (see :func:`vssm.ops.selective_scan`).
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        depths: Sequence[int] = (2, 2, 9, 2),
+        dims: Union[int, Sequence[int]] = (96, 192, 384, 768),
+        ssm_d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        ssm_dt_rank="auto",
+        ssm_act_layer="silu",
+        ssm_conv: int = 3,
+        ssm_conv_bias: bool = True,
+        ssm_drop_rate: float = 0.0,
+        ssm_init: str = "v0",
+        forward_type: str = "v2",
+        mlp_ratio: float = 4.0,
+        mlp_act_layer="gelu",
+        mlp_drop_rate: float = 0.0,
+        gmlp: bool = False,
+        drop_path_rate: float = 0.1,
+        patch_norm: bool = True,
+        norm_layer: str = "ln",
+        downsample_version: str = "v2",
+        patchembed_version: str = "v1",
+        use_checkpoint: bool = False,
+        posembed: bool = False,
+        imgsize: int = 224,
+        generation: Optional[int] = None,
+        channel_first: Optional[bool] = None,
+        global_pool: str = "avg",
+        scan_backend: str = "auto",
+        **kwargs,
+    ):
+        nn.Module.__init__(self)  # VSSM's structure and API, MSVMamba's blocks: VSSM.__init__ is not run
+        gen = self.generation = detect_generation(forward_type, generation=generation, **kwargs)
+        known = _GEN1_KWARGS if gen == 1 else _GEN3_KWARGS
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"MSVSSM (generation {gen}) got unexpected keyword arguments {sorted(unknown)}")
+        if isinstance(dims, int):
+            dims = [dims * 2**i for i in range(len(depths))]
+        self.dims = list(dims)
+        self.num_layers = len(depths)
+        block_args = self._block_options(gen, forward_type, ssm_ratio, kwargs)
+        ssm_init = block_args.pop("ssm_init", ssm_init)
+
+        norm_kind = str(norm_layer).lower()
+        if norm_kind not in ("ln", "ln2d", "bn"):
+            raise ValueError(f"norm_layer must be 'ln' (channel-last), 'ln2d' or 'bn' (channel-first), got {norm_layer!r}")
+        native_channel_first = norm_kind != "ln"
+        self.channel_first = native_channel_first if channel_first is None else bool(channel_first)
+        if norm_kind == "bn" and not self.channel_first:
+            raise ValueError("norm_layer='bn' (BatchNorm2d) needs the channel-first layout")
+        # Generation 3's official block post-normalises the ConvFFN branch only in its channel-first code path.
+        block_args["ffn_post_norm"] = gen == 3 and native_channel_first
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = self.dims[-1]
+        self.global_pool = global_pool
+        self.grad_checkpointing = use_checkpoint
+        norm = make_norm(self.channel_first, "bn" if norm_kind == "bn" else "ln")
+
+        embed = {"v1": patch_embed_v1, "v2": patch_embed_v2}.get(patchembed_version)
+        if embed is None:
+            raise ValueError(f"patchembed_version must be 'v1' or 'v2', got {patchembed_version!r}")
+        self.patch_embed = embed(in_chans, self.dims[0], patch_size, self.channel_first, patch_norm)
+        self.pos_embed = None
+        if posembed:
+            grid = imgsize // patch_size
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.dims[0], grid, grid))
+            trunc_normal_(self.pos_embed, std=0.02)
+
+        if downsample_version not in ("v1", "v2", "v3", "none"):
+            raise ValueError(f"downsample_version must be 'v1', 'v2', 'v3' or 'none', got {downsample_version!r}")
+        drop_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self.layers = nn.ModuleList()
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            blocks = [
+                MSVSSBlock(
+                    hidden_dim=self.dims[i],
+                    drop_path=drop_rates[sum(depths[:i]) + j],
+                    norm_layer=norm,
+                    channel_first=self.channel_first,
+                    ssm_d_state=ssm_d_state,
+                    ssm_ratio=ssm_ratio,
+                    ssm_dt_rank=ssm_dt_rank,
+                    ssm_act_layer=ssm_act_layer,
+                    ssm_conv=ssm_conv,
+                    ssm_conv_bias=ssm_conv_bias,
+                    ssm_drop_rate=ssm_drop_rate,
+                    ssm_init=ssm_init,
+                    mlp_ratio=mlp_ratio,
+                    mlp_act_layer=mlp_act_layer,
+                    mlp_drop_rate=mlp_drop_rate,
+                    gmlp=gmlp,
+                    scan_backend=scan_backend,
+                    **block_args,
+                )
+                for j in range(depth)
+            ]
+            last = i == self.num_layers - 1
+            if last or downsample_version == "none":
+                downsample = nn.Identity()
+            elif downsample_version == "v1":
+                downsample = downsample_v1(self.dims[i], self.dims[i + 1], self.channel_first)
+            else:
+                kernel = 2 if downsample_version == "v2" else 3
+                downsample = downsample_conv(self.dims[i], self.dims[i + 1], self.channel_first, kernel)
+            self.layers.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks), downsample=downsample)))
+            self.feature_info.append(dict(num_chs=self.dims[i], reduction=patch_size * 2**i, module=f"layers.{i}"))
+
+        self.classifier = nn.Sequential(
+            OrderedDict(
+                norm=norm(self.num_features),
+                permute=nn.Identity() if self.channel_first else Permute(0, 3, 1, 2),
+                avgpool=nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity(),
+                flatten=nn.Flatten(1) if global_pool else nn.Identity(),
+                head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
+            )
+        )
+        self.apply(self._init_weights)
+
+    def _block_options(self, gen: int, forward_type: str, ssm_ratio: float, kwargs: dict) -> dict:
+        """Check the generation-specific official arguments and turn them into MSVSSBlock options."""
+        if gen == 1:
+            for name, released in _GEN1_FIXED.items():
+                value = kwargs.get(name, released)
+                if (list(value) if isinstance(value, (list, tuple)) else value) != released:
+                    raise ValueError(
+                        f"MSVMamba generation 1: {name}={value!r} selects a code path no released model uses; "
+                        f"vssm implements {name}={released!r} only"
+                    )
+            if kwargs.get("sscore_type", _GEN1_SSCORE) != _GEN1_SSCORE:
+                raise ValueError(f"MSVMamba generation 1 needs sscore_type={_GEN1_SSCORE!r}, got {kwargs['sscore_type']!r}")
+            ms_stage = list(kwargs.get("ms_stage", range(self.num_layers)))
+            if sorted(ms_stage) != list(range(self.num_layers)):
+                raise ValueError(
+                    f"MSVMamba generation 1: ms_stage={ms_stage} leaves stages without the multi-scale scan; vssm "
+                    f"implements the released ms_stage={list(range(self.num_layers))} only"
+                )
+            if list(kwargs.get("ms_split", [1, 3])) != [1, 3]:
+                raise ValueError(f"MSVMamba generation 1 implements ms_split=[1, 3] only, got {kwargs['ms_split']!r}")
+            rank_ratio = kwargs.get("ssm_rank_ratio", 2.0)
+            if 0 < rank_ratio < ssm_ratio:
+                raise ValueError(
+                    f"MSVMamba generation 1: ssm_rank_ratio={rank_ratio} < ssm_ratio={ssm_ratio} selects the low-rank "
+                    f"path no released model uses"
+                )
+            for suffix in ("nozact", "softmax", "sigmoid"):
+                if forward_type.endswith(suffix):
+                    raise ValueError(f"MSVMamba generation 1: forward_type postfix {suffix!r} is not supported")
+            return dict(
+                generation=1,
+                gated=True,
+                add_se=bool(kwargs.get("add_se", False)),
+                convffn=bool(kwargs.get("convFFN", False)),
+                ffn_ratio=2,
+                ffn_drop=float(kwargs.get("ffn_dropout", 0.2)),
+                ssm_init="simple" if kwargs.get("ssm_simple_init", False) else "v0",
+            )
+        if kwargs.get("full_res_index", 1) != 1:
+            raise ValueError(
+                f"MSVMambav3: full_res_index={kwargs['full_res_index']!r} is not supported (the released models use 1, "
+                f"the row-major scan at full resolution; the official code for 3 and 4 is broken)"
+            )
+        return dict(
+            generation=3,
+            gated=_GEN3_FORWARD_TYPES[forward_type],
+            add_se=bool(kwargs.get("add_se", False)),
+            convffn=bool(kwargs.get("convffn", False)),
+            ffn_ratio=int(kwargs.get("conv_ffn_ratio", 2)),
+            ffn_drop=0.0,
+        )
+
+
+# The official checkpoints use VMamba's key names (and its legacy renames, inherited by both MSVMamba branches).
+MSVSSM.checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+
+
+def build_msvmamba(**kwargs) -> MSVSSM:
+    """``vssm.build_official("msvmamba", **kwargs)``: the official ``VSSM(**kwargs)`` of either branch."""
+    return MSVSSM(**kwargs)
+
+
+register_family("msvmamba", build_msvmamba)
+
+_HF = "YuhengSSS/MSVMamba"
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        "url": "",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.0",
+        "classifier": "classifier.head",
+        **kwargs,
+    }
+
+
+# Generation-1 weights are in the Google-Drive folders linked from the official README (no direct URL): download
+# them and pass the file, e.g. vssm.create_model("msvmamba_tiny", checkpoint="vssm_tiny_ms_e300.pth").
+default_cfgs = generate_default_cfgs(
+    {
+        "msvmamba_nano.in1k": _cfg(),
+        "msvmamba_micro.in1k": _cfg(),
+        "msvmamba_tiny.in1k": _cfg(),
+        "msvmambav3_tiny_224.in1k": _cfg(hf_hub_id=_HF, hf_hub_filename="msvmambav3_tiny_224.pth"),
+        "msvmambav3_small_224.in1k": _cfg(hf_hub_id=_HF, hf_hub_filename="msvmambav3_small_224.pth"),
+        "msvmambav3_base_224.in1k": _cfg(hf_hub_id=_HF, hf_hub_filename="msvmambav3_base_224.pth"),
+    }
+)
+
+
+def _create(variant: str, pretrained: bool, config: dict, kwargs: dict) -> MSVSSM:
+    return build_model_with_cfg(
+        MSVSSM,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **dict(config, **kwargs),
+    )
+
+
+# Released configurations: exactly the keyword arguments the official build_vssm_model passes to VSSM
+# (fixtures/keys/*.json 'constructor_args'), minus the ones with no effect.
+_GEN1 = dict(
+    ssm_d_state=1, ssm_ratio=2.0, ssm_rank_ratio=2.0, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3,
+    ssm_conv_bias=True, forward_type="v2", mlp_ratio=0.0, norm_layer="ln", downsample_version="v1",
+    patchembed_version="v1", sscore_type=_GEN1_SSCORE, add_se=True, convFFN=True, ffn_dropout=0.0,
+    ms_stage=[0, 1, 2, 3], ms_split=[1, 3],
+)
+_GEN3 = dict(
+    ssm_d_state=1, ssm_ratio=1.0, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3, ssm_conv_bias=True,
+    ssm_init="v0", mlp_ratio=4.0, norm_layer="ln2d", downsample_version="v3", patchembed_version="v2",
+    add_se=True, convffn=True, conv_ffn_ratio=4, full_res_index=1,
+)
+
+
+@register_vssm_model("msvmamba")
+def msvmamba_nano(pretrained: bool = False, **kwargs) -> MSVSSM:
+    """MSVMamba-N (generation 1), 6.9M params, 0.9 GFLOPs, 77.3% ImageNet-1k top-1."""
+    return _create("msvmamba_nano", pretrained, dict(_GEN1, dims=48, depths=[1, 2, 5, 2], drop_path_rate=0.2), kwargs)
+
+
+@register_vssm_model("msvmamba")
+def msvmamba_micro(pretrained: bool = False, **kwargs) -> MSVSSM:
+    """MSVMamba-M (generation 1), 11.9M params, 1.5 GFLOPs, 79.8%."""
+    return _create("msvmamba_micro", pretrained, dict(_GEN1, dims=64, depths=[1, 2, 5, 2], drop_path_rate=0.2), kwargs)
+
+
+@register_vssm_model("msvmamba")
+def msvmamba_tiny(pretrained: bool = False, **kwargs) -> MSVSSM:
+    """MSVMamba-T (generation 1), 33.0M params, 4.6 GFLOPs, 82.8%."""
+    return _create("msvmamba_tiny", pretrained, dict(_GEN1, dims=96, depths=[1, 2, 9, 2], drop_path_rate=0.2), kwargs)
+
+
+@register_vssm_model("msvmamba")
+def msvmambav3_tiny_224(pretrained: bool = False, **kwargs) -> MSVSSM:
+    """MSVMambav3-T (generation 3, vms_noz), 32.3M params, 5.0 GFLOPs, 83.0%."""
+    config = dict(_GEN3, forward_type="vms_noz", dims=96, depths=[2, 2, 9, 2], drop_path_rate=0.2)
+    return _create("msvmambav3_tiny_224", pretrained, config, kwargs)
+
+
+@register_vssm_model("msvmamba")
+def msvmambav3_small_224(pretrained: bool = False, **kwargs) -> MSVSSM:
+    """MSVMambav3-S (generation 3, vms_noz), 50.2M params, 8.8 GFLOPs, 84.1%."""
+    config = dict(_GEN3, forward_type="vms_noz", dims=96, depths=[2, 3, 20, 2], drop_path_rate=0.4)
+    return _create("msvmambav3_small_224", pretrained, config, kwargs)
+
+
+@register_vssm_model("msvmamba")
+def msvmambav3_base_224(pretrained: bool = False, **kwargs) -> MSVSSM:
+    """MSVMambav3-B (generation 3, vms: gated), 90.6M params, 16.3 GFLOPs, 84.4%."""
+    config = dict(_GEN3, forward_type="vms", dims=128, depths=[2, 4, 18, 2], drop_path_rate=0.5)
+    return _create("msvmambav3_base_224", pretrained, config, kwargs)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..ops.scan_orders import cascade_merge, cascade_scan, cross_merge, cross_scan
 from ..ops.selective_scan import selective_scan
+from ..ops.triton_ops import cross_selective_scan, triton_usable
 from .common import LN_EPS, LayerNorm2d, Permute, make_act, make_linear, make_norm
 
 __all__ = ["SS2D", "SS2DVariant", "parse_forward_type"]
@@ -255,9 +256,19 @@ class SS2D(nn.Module):
         )
         return ys.view(batch, k, e, length)
 
+    def _use_fused(self, x: Tensor) -> bool:
+        wanted = self.scan_backend == "triton" or (self.scan_backend == "auto" and x.is_cuda)
+        return wanted and self.variant.scan_order != "cascade" and triton_usable(x)
+
     def ssm(self, x: Tensor) -> Tensor:
         """The scan core on the conv output (B, E, H, W); returns the merged (B, E, H, W) in float32."""
         order = self.variant.scan_order
+        if self._use_fused(x):
+            # x_proj is per pixel, so it is applied in the pixel domain once for all directions; the kernel reads
+            # each direction's order from memory and sums the directions back (no (B, K, E, L) tensor)
+            x_dbl = F.conv2d(x, self.x_proj_weight.reshape(-1, self.d_inner)[:, :, None, None])
+            A = -torch.exp(self.A_logs.float())
+            return cross_selective_scan(x, x_dbl, self.dt_projs_weight, self.dt_projs_bias, A, self.Ds, order)
         batch, _, height, width = x.shape
         if order == "cascade":
             # rows (directions 0, 1) then columns (directions 2, 3), each on a channel-normalised map

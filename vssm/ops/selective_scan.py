@@ -30,10 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .triton_ops import selective_scan_triton_bwd, selective_scan_triton_fwd, triton_usable
+
 __all__ = [
     "selective_scan",
     "selective_scan_reference",
     "selective_scan_torch",
+    "selective_scan_triton",
     "register_backend",
     "available_backends",
     "linear_scan",
@@ -286,14 +289,17 @@ def _scan_op(
     delta_bias: Optional[Tensor],
     delta_softplus: bool,
     out_dtype: Optional[torch.dtype],
+    impl: str,
 ) -> Tensor:
+    if impl == "triton":
+        return selective_scan_triton_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
     dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
     args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
     return _torch_forward(args, delta_softplus, out_dtype or u.dtype)
 
 
 @_scan_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype):
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, impl):
     return u.new_empty(u.shape, dtype=out_dtype or u.dtype)
 
 
@@ -308,8 +314,11 @@ def _scan_backward_op(
     D: Optional[Tensor],
     delta_bias: Optional[Tensor],
     delta_softplus: bool,
+    impl: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias); dD / ddelta_bias are zeros when D / delta_bias are None."""
+    if impl == "triton":
+        return selective_scan_triton_bwd(dout, u, delta, A, B, C, D, delta_bias, delta_softplus)
     dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
     args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
     batch, groups, group_size, n_state, length = args.shape
@@ -360,24 +369,25 @@ def _scan_backward_op(
 
 
 @_scan_backward_op.register_fake
-def _(dout, u, delta, A, B, C, D, delta_bias, delta_softplus):
+def _(dout, u, delta, A, B, C, D, delta_bias, delta_softplus, impl):
     channels = u.shape[1]
     like = lambda t: torch.empty_like(t) if t is not None else u.new_empty((channels,), dtype=torch.float32)  # noqa: E731
     return tuple(like(t) for t in (u, delta, A, B, C)) + (like(D), like(delta_bias))
 
 
 def _scan_setup_context(ctx, inputs, output) -> None:
-    u, delta, A, B, C, D, delta_bias, delta_softplus, _ = inputs
+    u, delta, A, B, C, D, delta_bias, delta_softplus, _, impl = inputs
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
     ctx.delta_softplus = delta_softplus
+    ctx.impl = impl
 
 
 def _scan_autograd_backward(ctx, dout):
     u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
-    grads = list(_scan_backward_op(dout, u, delta, A, B, C, D, delta_bias, ctx.delta_softplus))
+    grads = list(_scan_backward_op(dout.contiguous(), u, delta, A, B, C, D, delta_bias, ctx.delta_softplus, ctx.impl))
     grads[5] = grads[5] if D is not None else None
     grads[6] = grads[6] if delta_bias is not None else None
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, None, None)
 
 
 _scan_op.register_autograd(_scan_autograd_backward, setup_context=_scan_setup_context)
@@ -386,11 +396,20 @@ _scan_op.register_autograd(_scan_autograd_backward, setup_context=_scan_setup_co
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_dtype=None) -> Tensor:
     """The portable backend (the custom op ``torch.ops.vssm.selective_scan``): vectorised associative scan with a
     recomputing backward; B and C are 4-D."""
-    return _scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    return _scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, "torch")
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_dtype=None) -> Tensor:
+    """The GPU backend: the same custom op with the Triton kernels (vssm/ops/triton_scan.py)."""
+    if not triton_usable(u):
+        raise ValueError("selective_scan: backend 'triton' needs CUDA tensors and the triton package "
+                         "(or TRITON_INTERPRET=1 for the CPU interpreter); use backend='torch' here")
+    return _scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, "triton")
 
 
 register_backend("reference", selective_scan_reference)
 register_backend("torch", selective_scan_torch, use_for_auto=lambda u: True)
+register_backend("triton", selective_scan_triton, use_for_auto=lambda u: u.is_cuda and triton_usable(u))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,282 @@
+"""Launchers of the Triton scan kernels (vssm/ops/triton_scan.py) and the fused SS2D custom op.
+
+- :func:`selective_scan_triton_fwd` / :func:`selective_scan_triton_bwd`: the plain geometry; the ``triton``
+  implementation behind ``torch.ops.vssm.selective_scan`` (selective_scan.py).
+- ``torch.ops.vssm.cross_selective_scan``: the SS2D core fused with the cross-scan, the dt projection, softplus,
+  the D skip and the cross-merge (:func:`cross_selective_scan`), with a fake implementation and autograd so
+  ``torch.compile`` sees one opaque op.
+
+The backward re-runs the forward kernel to get the chunk-start states instead of keeping them from the forward:
+no extra activation memory for a few percent of scan time. The kernels also run on CPU tensors under
+``TRITON_INTERPRET=1``, which is how CI tests them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+
+    from . import triton_scan as kernels
+
+    HAS_TRITON = True
+except ImportError:  # a CPU-only install without triton: the torch backend serves everything
+    HAS_TRITON = False
+
+__all__ = [
+    "HAS_TRITON",
+    "triton_usable",
+    "cross_selective_scan",
+    "selective_scan_triton_fwd",
+    "selective_scan_triton_bwd",
+]
+
+_ORDERS = {"unidi": 0, "cross2d": 1, "bidi": 2}
+Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
+
+
+def triton_usable(t: Tensor) -> bool:
+    """Whether the Triton kernels can run on this tensor's device (CUDA, or anything under TRITON_INTERPRET=1)."""
+    return HAS_TRITON and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@dataclass
+class _Scan:
+    """The operands of one kernel launch: tensors with their (b, k, c, h, w) strides, and the geometry."""
+
+    u: Tensor
+    su: Strides
+    dl: Tensor  # delta (R == 0) or dt_low (R > 0)
+    sdl: Strides
+    Bm: Tensor
+    sb: Strides
+    Cm: Tensor
+    sc: Strides
+    w: Optional[Tensor]  # dt projection (K, E, R) when R > 0
+    bias: Optional[Tensor]  # (K*E,) fp32
+    A: Tensor  # (K*E, N) fp32
+    D: Optional[Tensor]  # (K*E,) fp32
+    batch: int
+    E: int
+    H: int
+    W: int
+    K: int
+    N: int
+    R: int
+    order: int
+    merge: bool
+    softplus: bool
+
+    def config(self) -> Tuple[int, int, int, int]:
+        """(BLOCK_L, BLOCK_D, BLOCK_N, num_warps)."""
+        block_n = triton.next_power_of_2(self.N)
+        if self.N == 1:
+            return 64, min(64, triton.next_power_of_2(self.E)), block_n, 4
+        return 32, min(16, triton.next_power_of_2(self.E)), block_n, 4
+
+    def grid(self, block_d: int) -> Tuple[int, int]:
+        return self.batch * triton.cdiv(self.E, block_d), (1 if self.merge else self.K)
+
+    def common(self):
+        # pointers of absent operands are never read (HAS_* flags); any tensor fills the slot
+        fill = self.A
+        return (
+            self.u, self.dl, self.w if self.w is not None else fill, self.bias if self.bias is not None else fill,
+            self.A, self.D if self.D is not None else fill, self.Bm, self.Cm,
+        )
+
+    def flags(self):
+        return dict(K=self.K, N=self.N, R=self.R, ORDER=self.order, MERGE=self.merge, SOFTPLUS=self.softplus,
+                    HAS_D=self.D is not None, HAS_BIAS=self.bias is not None)
+
+
+def _forward(op: _Scan, y: Optional[Tensor] = None, sy: Strides = (0,) * 5) -> Optional[Tensor]:
+    """Run the forward kernel: writes y if given, else returns the chunk-start states (batch, K, E, chunks, N)."""
+    block_l, block_d, block_n, warps = op.config()
+    length = op.H * op.W
+    n_chunks = triton.cdiv(length, block_l)
+    states = None
+    if y is None:
+        states = torch.empty((op.batch, op.K, op.E, n_chunks, op.N), device=op.u.device, dtype=torch.float32)
+    kernels._scan_fwd_kernel[op.grid(block_d)](
+        *op.common(), y if y is not None else states, states if states is not None else op.A,
+        op.E, op.H, op.W, length, n_chunks, *op.su, *op.sdl, *op.sb, *op.sc, *sy,
+        **op.flags(), SAVE=y is None, STORE_Y=y is not None,
+        BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+    )
+    return states
+
+
+def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl: Tensor, sddl: Strides,
+              dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """Run the backward kernel into du / ddl / dB / dC (dB, dC, and ddl when R > 0, must be zero-filled fp32);
+    returns (dA, dD, dbias, dW) fp32."""
+    block_l, block_d, block_n, warps = op.config()
+    states = _forward(op)
+    length = op.H * op.W
+    f32 = dict(device=op.u.device, dtype=torch.float32)
+    dA = torch.zeros((op.K * op.E, op.N), **f32)
+    dD = torch.zeros((op.K * op.E,), **f32)
+    dbias = torch.zeros((op.K * op.E,), **f32)
+    dW = torch.zeros((op.K, op.E, op.R), **f32) if op.R else dA
+    kernels._scan_bwd_kernel[op.grid(block_d)](
+        *op.common(), dy, states, du, ddl, dW, dbias, dA, dD, dB, dC,
+        op.E, op.H, op.W, length, triton.cdiv(length, block_l),
+        *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sddl, *sdb, *sdc,
+        **op.flags(), BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+    )
+    return dA, dD, dbias, (dW if op.R else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# plain geometry: (batch, K*D, L) sequences
+
+
+def _plain(t: Tensor, group_size: int) -> Strides:
+    """(b, k, c, h, w) strides of a (batch, K*D, L) tensor seen as K groups on a 1 x L image."""
+    sb, sc, sl = t.stride()
+    return sb, group_size * sc, sc, 0, sl
+
+
+def _plain_bc(t: Tensor) -> Strides:
+    sb, sk, sn, sl = t.stride()
+    return sb, sk, sn, 0, sl
+
+
+def _opt_f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.float().contiguous()
+
+
+def _plain_scan(u, delta, A, B, C, D, delta_bias, softplus) -> _Scan:
+    batch, channels, length = u.shape
+    groups = B.shape[1]
+    E = channels // groups
+    return _Scan(
+        u=u, su=_plain(u, E), dl=delta, sdl=_plain(delta, E), Bm=B, sb=_plain_bc(B), Cm=C, sc=_plain_bc(C),
+        w=None, bias=_opt_f32(delta_bias), A=A.float().contiguous(), D=_opt_f32(D),
+        batch=batch, E=E, H=1, W=length, K=groups, N=A.shape[1], R=0, order=0, merge=False, softplus=softplus,
+    )
+
+
+def selective_scan_triton_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, out_dtype) -> Tensor:
+    """Plain selective scan with the Triton kernel (selective_scan's layout; B, C 4-D)."""
+    op = _plain_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    y = torch.empty(u.shape, device=u.device, dtype=out_dtype or u.dtype)
+    _forward(op, y, _plain(y, op.E))
+    return y
+
+
+def selective_scan_triton_bwd(dout, u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) of the plain scan with the Triton kernel."""
+    op = _plain_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    dout = dout.contiguous()
+    du = torch.empty(u.shape, device=u.device, dtype=torch.float32)
+    ddelta = torch.empty(delta.shape, device=u.device, dtype=torch.float32)
+    dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+    dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+    dA, dD, dbias, _ = _backward(op, dout, _plain(dout, op.E), du, _plain(du, op.E), ddelta, _plain(ddelta, op.E),
+                                 dB, _plain_bc(dB), dC, _plain_bc(dC))
+    return (
+        du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
+        dD.to(D.dtype if D is not None else torch.float32),
+        dbias.to(delta_bias.dtype if delta_bias is not None else torch.float32),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cross geometry: the fused SS2D core
+
+
+def _map(t: Tensor) -> Strides:
+    """(b, k=0, c, h, w) strides of a (B, C, H, W) map shared by all directions."""
+    sb, sc, sh, sw = t.stride()
+    return sb, 0, sc, sh, sw
+
+
+def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> _Scan:
+    batch, E, H, W = u.shape
+    K, E_w, R = dt_weight.shape
+    N = A.shape[1]
+    per_k = R + 2 * N
+    sb, sc, sh, sw = x_dbl.stride()
+    # x_dbl (B, K*(R+2N), H, W): direction k's [dt_low | B | C] rows; offsets into the same storage
+    dl_strides = (sb, per_k * sc, sc, sh, sw)
+    return _Scan(
+        u=u, su=_map(u), dl=x_dbl, sdl=dl_strides, Bm=x_dbl[:, R:], sb=dl_strides, Cm=x_dbl[:, R + N:], sc=dl_strides,
+        w=dt_weight.contiguous(), bias=dt_bias.float().contiguous().view(-1), A=A.float().contiguous(),
+        D=D.float().contiguous(), batch=batch, E=E, H=H, W=W, K=K, N=N, R=R, order=_ORDERS[order], merge=True,
+        softplus=True,
+    )
+
+
+@torch.library.custom_op("vssm::cross_selective_scan", mutates_args=())
+def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str) -> Tensor:
+    op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    y = torch.empty_like(u, dtype=torch.float32)  # keeps u's memory format (channels_last stays channels_last)
+    _forward(op, y, _map(y))
+    return y
+
+
+@_cross_op.register_fake
+def _(u, x_dbl, dt_weight, dt_bias, A, D, order):
+    return torch.empty_like(u, dtype=torch.float32)
+
+
+@torch.library.custom_op("vssm::cross_selective_scan_backward", mutates_args=())
+def _cross_backward_op(
+    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    du = torch.empty_like(u, dtype=torch.float32)
+    d_x_dbl = torch.zeros_like(x_dbl, dtype=torch.float32)
+    sb, sc, sh, sw = d_x_dbl.stride()
+    per_k = op.R + 2 * op.N
+    sd = (sb, per_k * sc, sc, sh, sw)
+    dA, dD, dbias, dW = _backward(op, dy, _map(dy), du, _map(du), d_x_dbl, sd, d_x_dbl[:, op.R:], sd,
+                                  d_x_dbl[:, op.R + op.N:], sd)
+    return (du.to(u.dtype), d_x_dbl.to(x_dbl.dtype), dW.to(dt_weight.dtype), dbias.view(dt_bias.shape).to(dt_bias.dtype),
+            dA.to(A.dtype), dD.to(D.dtype))
+
+
+@_cross_backward_op.register_fake
+def _(dy, u, x_dbl, dt_weight, dt_bias, A, D, order):
+    return tuple(torch.empty_like(t) for t in (u, x_dbl, dt_weight, dt_bias, A, D))
+
+
+def _cross_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:6])
+    ctx.order = inputs[6]
+
+
+def _cross_autograd_backward(ctx, dy):
+    grads = _cross_backward_op(dy.contiguous(memory_format=_memory_format(dy)), *ctx.saved_tensors, ctx.order)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,)
+
+
+_cross_op.register_autograd(_cross_autograd_backward, setup_context=_cross_setup_context)
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def cross_selective_scan(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
+                         order: str = "cross2d") -> Tensor:
+    """The fused SS2D core: returns the merged scan output (B, E, H, W) in fp32 (u's memory format).
+
+    Args:
+        u: (B, E, H, W) input of the scan (after the depthwise conv and act), any strides; channels_last memory is
+            the fast layout (every direction's loads are then contiguous in E).
+        x_dbl: (B, K*(R+2N), H, W) per-pixel projections [dt_low | B | C] of each direction k (x_proj applied in
+            the pixel domain: it commutes with the scan order).
+        dt_weight: (K, E, R); dt_bias: (K, E); A: (K*E, N) (negative); D: (K*E,).
+        order: "cross2d" (SS2D), "bidi" or "unidi".
+    """
+    if order not in _ORDERS:
+        raise ValueError(f"cross_selective_scan: order must be one of {sorted(_ORDERS)}, got {order!r}")
+    return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order)

@@ -214,16 +214,29 @@ def test_mismatched_checkpoint_names_the_model_that_fits(tmp_path):
 
 
 def test_pretrained_downloads_from_the_hub_and_loads(tmp_path, monkeypatch):
-    import huggingface_hub
+    import timm.models._hub as hub
 
     source = timm.create_model(TINY, depth=2)
     path = _official_file(tmp_path / "vim_t_midclstok_76p1acc.pth", source.state_dict())
     calls = []
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: calls.append((repo, name)) or str(path))
+
+    def fake_download(repo, filename, revision=None, cache_dir=None):
+        calls.append((repo, filename))
+        return str(path)
+
+    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
     model = timm.create_model(TINY, pretrained=True, depth=2)
     assert calls == [("hustvl/Vim-tiny-midclstok", "vim_t_midclstok_76p1acc.pth")]
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
-    with pytest.raises(ValueError, match="not known"):
+    for (k, a), b in zip(model.state_dict().items(), source.state_dict().values()):
+        assert torch.equal(a, b), k
+    # another number of classes: everything but the head from the file
+    ten = timm.create_model(TINY, pretrained=True, depth=2, num_classes=10)
+    assert ten.head.out_features == 10 and torch.equal(ten.pos_embed, source.pos_embed)
+    # features_only: the weights are loaded before the model is wrapped
+    feats = timm.create_model(TINY, pretrained=True, depth=2, features_only=True, out_indices=(0, 1))
+    maps = feats(torch.randn(1, 3, 64, 96))
+    assert [tuple(m.shape) for m in maps] == [(1, 192, 4, 6)] * 2
+    with pytest.raises(RuntimeError, match="No pretrained weights"):  # the base file name is not known
         timm.create_model(TINY.replace("tiny", "base").replace("midclstok", "middle_cls_token"), pretrained=True, depth=1)
 
 
@@ -261,6 +274,12 @@ def test_timm_model_api():
     assert {"pos_embed", "cls_token"} <= model.no_weight_decay()
     groups = timm.optim.create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05).param_groups
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    final, [(last, prefix)] = model.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC",
+                                                         return_prefix_tokens=True)
+    torch.testing.assert_close(final, feats)
+    torch.testing.assert_close(torch.cat([last[:, :8], prefix, last[:, 8:]], dim=1), feats)
+    maps = model.forward_intermediates(x, indices=[0, 2], intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 4, 4)] * 2
     model.reset_classifier(10)
     assert model(x).shape == (2, 10) and model.get_classifier().out_features == 10
     model.reset_classifier(0, global_pool="avg")

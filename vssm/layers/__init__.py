@@ -1,3 +1,4 @@
+from .bimamba import BiMamba, RMSNorm, VimBlock, add_norm, causal_conv1d
 from .common import (
     GatedMlp,
     LayerNorm2d,

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, lecun_normal_, resample_abs_pos_embed, to_2tuple, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models._features import feature_take_indices
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -235,6 +236,7 @@ class VisionMamba(nn.Module):
             ]
         )
         self.norm_f = norm_cls(embed_dim)
+        self.feature_info = [dict(num_chs=embed_dim, reduction=stride, module=f"layers.{i}") for i in range(depth)]
 
         # Official initialisation (spec §6).
         lecun_normal_(self.patch_embed.proj.weight)
@@ -282,8 +284,22 @@ class VisionMamba(nn.Module):
                 raise ValueError("global_pool='token' needs a class token (if_cls_token=True)")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        device = self.norm_f.weight.device
+        device = self.patch_embed.proj.weight.device
         self.head = nn.Linear(self.num_features, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str, key: str = "model") -> None:
+        """Load an official file strictly (timm's ``custom_load`` hook, used by ``pretrained=True``); a model built
+        with another number of classes keeps its own head and takes everything else from the file."""
+        from ..checkpoint import load_checkpoint
+
+        own_head, classes = self.head, getattr(self, "pretrained_cfg", {}).get("num_classes", 1000)
+        if not (isinstance(own_head, nn.Linear) and own_head.out_features == classes):
+            self.head = nn.Linear(self.num_features, classes, device=self.patch_embed.proj.weight.device)
+        try:
+            load_checkpoint(self, checkpoint_path, key=key)
+        finally:
+            self.head = own_head
 
     # ---- forward -----------------------------------------------------------------------------------------------
 
@@ -292,8 +308,8 @@ class VisionMamba(nn.Module):
             return self.pos_embed
         return resize_pos_embed(self.pos_embed, self.patch_embed.grid_size, grid, self.token_layout)
 
-    def _embed(self, x: Tensor) -> Tensor:
-        """Images -> token sequence with class token(s) and position embedding: (B, L, D)."""
+    def _embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """Images -> (token sequence with class token(s) and position embedding (B, L, D), patch grid)."""
         in_chans, (ph, pw) = self.patch_embed.proj.in_channels, self.patch_embed.patch_size
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != in_chans:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
@@ -314,18 +330,22 @@ class VisionMamba(nn.Module):
             x = x + pos_patches
             tokens = tokens + pos_tokens
         x = _insert_tokens(x, tokens.expand(batch, -1, -1), self.token_layout)
-        return self.pos_drop(x)
+        return self.pos_drop(x), grid
+
+    def _layer(self, layer: nn.Module, hidden: Tensor, residual: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(layer, hidden, residual, use_reentrant=False)
+        return layer(hidden, residual)
+
+    def _final_norm(self, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
+        return add_norm(self.drop_path(hidden), residual, self.norm_f, self.residual_in_fp32)[0]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> the normalised token sequence (B, L, D), class token(s) included."""
-        hidden, residual = self._embed(x), None
+        hidden, residual = self._embed(x)[0], None
         for layer in self.layers:
-            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                hidden, residual = checkpoint(layer, hidden, residual, use_reentrant=False)
-            else:
-                hidden, residual = layer(hidden, residual)
-        hidden, _ = add_norm(self.drop_path(hidden), residual, self.norm_f, self.residual_in_fp32)
-        return hidden
+            hidden, residual = self._layer(layer, hidden, residual)
+        return self._final_norm(hidden, residual)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Read out (the official readout: the class token, or the pooling of ``final_pool_type``), then the head."""
@@ -344,6 +364,51 @@ class VisionMamba(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """The residual stream after the given blocks (residual + mixer output; ``norm`` applies norm_f), class
+        token(s) removed: (B, D, gh, gw) for "NCHW", (B, M, D) for "NLC"; ``return_prefix_tokens`` pairs each with
+        its class tokens (B, T, D). ``indices``: the last n blocks if an int, all if None (timm's convention)."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        hidden, grid = self._embed(x)
+        residual, intermediates = None, []
+        for i, layer in enumerate(self.layers[: max_index + 1] if stop_early else self.layers):
+            hidden, residual = self._layer(layer, hidden, residual)
+            if i in take:
+                stream = (residual + hidden).to(hidden.dtype)
+                intermediates.append(self.norm_f(stream).to(hidden.dtype) if norm else stream)
+        outputs = []
+        for t in intermediates:
+            patches, prefix = _split_tokens(t, self.token_layout)
+            if output_fmt == "NCHW":
+                patches = patches.reshape(t.shape[0], grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous()
+            outputs.append((patches, prefix) if return_prefix_tokens else patches)
+        if intermediates_only:
+            return outputs
+        return self._final_norm(hidden, residual), outputs
+
+    def prune_intermediate_layers(
+        self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> List[int]:
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[: max_index + 1]
+        self.feature_info = self.feature_info[: max_index + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: VisionMamba) -> Dict[str, Tensor]:
@@ -376,9 +441,12 @@ register_family("vim", VisionMamba)
 
 
 def _cfg(hf_hub_id: str = "", hf_hub_filename: str = "", **kwargs) -> dict:
+    # custom_load "hf": timm downloads the file and calls VisionMamba.load_pretrained (vssm's loader), since
+    # timm's own loader refuses the pickled argparse.Namespace in the official files.
     return {
         "hf_hub_id": hf_hub_id,
         "hf_hub_filename": hf_hub_filename,
+        "custom_load": "hf" if hf_hub_filename else False,
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": None,
@@ -406,7 +474,8 @@ default_cfgs = generate_default_cfgs(
         _NAMES["tiny_s8"] + ".in1k": _cfg(_TINY, "vim_t_midclstok_ft_78p3acc.pth"),
         _NAMES["small"] + ".in1k": _cfg(_SMALL, "vim_s_midclstok_80p5acc.pth"),
         _NAMES["small_s8"] + ".in1k": _cfg(_SMALL, "vim_s_midclstok_ft_81p6acc.pth"),
-        _NAMES["base"] + ".in1k": _cfg(_BASE, ""),  # the file name of the base release is not known (spec §1)
+        # The file name of the base release is not known (spec §1): no download, pass the file to load_checkpoint.
+        _NAMES["base"] + ".in1k": _cfg(notes=(f"official weights: https://huggingface.co/{_BASE}",)),
     }
 )
 
@@ -419,27 +488,14 @@ _RELEASED = dict(
 
 
 def _create_vim(variant: str, pretrained: bool, config: dict, kwargs: dict) -> VisionMamba:
-    """Build a released model. ``pretrained=True`` downloads the official file from the Hugging Face hub and loads
-    it with :func:`vssm.load_checkpoint` (timm's own loader refuses the pickled argparse.Namespace in it)."""
     if "channels" in kwargs:  # timm fills in_chans from the pretrained cfg; the official name wins
         kwargs["in_chans"] = kwargs.pop("channels")
-    model = build_model_with_cfg(VisionMamba, variant, pretrained=False, **dict(config, **kwargs))
-    if pretrained:
-        cfg = model.pretrained_cfg
-        if not cfg.get("hf_hub_filename"):
-            raise ValueError(
-                f"{variant}: the file name of the official weights is not known; download them from "
-                f"https://huggingface.co/{cfg.get('hf_hub_id')} and pass checkpoint=<file> to vssm.create_model"
-            )
-        if model.num_classes != cfg["num_classes"]:
-            raise ValueError(f"{variant}: the official weights have {cfg['num_classes']} classes; build with "
-                             f"pretrained=True first, then call model.reset_classifier({model.num_classes})")
-        from huggingface_hub import hf_hub_download
-
-        from ..checkpoint import load_checkpoint
-
-        load_checkpoint(model, hf_hub_download(cfg["hf_hub_id"], cfg["hf_hub_filename"]), key="model")
-    return model
+    kwargs = dict(config, **kwargs)
+    depth = kwargs.get("depth", 24)
+    out_indices = tuple(range(depth // 4 - 1, depth, depth // 4)) if depth >= 4 else depth  # (5, 11, 17, 23)
+    return build_model_with_cfg(
+        VisionMamba, variant, pretrained, feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs
+    )
 
 
 @register_vssm_model("vim")

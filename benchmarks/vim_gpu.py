@@ -23,27 +23,25 @@ import argparse
 import datetime
 import gc
 import json
-import os
 import platform
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm  # noqa: E402
 
 import vssm  # noqa: E402,F401  (registers the Vim models)
+from vssm import benchmark  # noqa: E402
 from vssm.ops import available_backends  # noqa: E402
 
 VIM_TI = "vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
 VIM_S = "vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
 PAIRS = [("Vim-Ti", VIM_TI, "DeiT-Ti", "deit_tiny_patch16_224"), ("Vim-S", VIM_S, "DeiT-S", "deit_small_patch16_224")]
-MODES = ("infer_fp32", "infer_bf16", "train_fp16")
+MODES = benchmark.MODES  # "fp32", "bf16" (inference), "train_fp16"
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -54,11 +52,6 @@ def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -105,56 +98,28 @@ def _build(name: str, size: int, device: torch.device, naive_attention: bool = F
 
 def measure(name: str, mode: str, size: int, batch: int, device: torch.device, warmup: int, iters: int,
             budget_s: float, naive_attention: bool = False) -> dict:
-    """Images/s and peak allocated memory of one model in one mode; fewer iterations if the budget needs it."""
+    """Images/s and peak allocated memory of one model in one mode (vssm.benchmark.measure, the anchors'
+    protocol); a first short run times one iteration and the measurement runs fewer iterations if the budget
+    needs it (at least 3 warm-up and 3 timed)."""
     row = {"model": name, "mode": mode, "img_size": size, "batch": batch, "naive_attention": naive_attention}
-    model = x = target = None
+    model = None
     try:
         torch.manual_seed(0)
         model = _build(name, size, device, naive_attention)
         row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-        x = torch.randn(batch, 3, size, size, device=device)
-        target = torch.randint(0, 1000, (batch,), device=device)
-        train = mode == "train_fp16"
-        model.train(train)
-        dtype = {"infer_fp32": None, "infer_bf16": torch.bfloat16, "train_fp16": torch.float16}[mode]
-
-        def step():
-            ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-            if train:
-                with ctx:
-                    loss = F.cross_entropy(model(x), target)
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad(), ctx:
-                    model(x)
-
-        t0 = time.perf_counter()
-        for _ in range(2):  # first calls: cudnn autotuning, allocator growth
-            step()
-        _sync(device)
-        t_step = max((time.perf_counter() - t0) / 2, 1e-6)
-        n_warm = max(3, min(warmup, int(0.4 * budget_s / t_step))) - 2  # at least 3 warm-up in all
+        probe = benchmark.measure(model, mode, batch, size, warmup=2, iters=1, device=str(device))
+        t_step = batch / probe["img_s"]
+        n_warm = max(0, min(warmup, int(0.4 * budget_s / t_step)) - 3)  # the probe's 3 iterations warm up too
         n_timed = max(3, min(iters, int(0.6 * budget_s / t_step)))
-        for _ in range(n_warm):
-            step()
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        for _ in range(n_timed):
-            step()
-        _sync(device)
-        elapsed = time.perf_counter() - t0
-        row.update(img_s=batch * n_timed / elapsed, warmup=n_warm + 2, iters=n_timed, seconds=elapsed)
-        row["peak_MB"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        row["reduced"] = n_warm + 2 < warmup or n_timed < iters
+        result = benchmark.measure(model, mode, batch, size, warmup=n_warm, iters=n_timed, device=str(device))
+        row.update(img_s=result["img_s"], peak_MB=result["peak_mb"], warmup=n_warm + 3, iters=n_timed)
+        row["reduced"] = n_warm + 3 < warmup or n_timed < iters
     except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
         if not _is_oom(err):
             raise
         row.update(oom=True, error=str(err).splitlines()[0][:200])
     finally:
-        del model, x, target
+        del model
         _free()
     return row
 
@@ -221,7 +186,7 @@ def markdown(result: dict) -> str:
         lines.append("")
     lines += [
         "The Vim paper (Fig. 1, Vim-Ti vs DeiT-Ti, batch inference at 1248²) claims 2.8x the speed and 86.8% less GPU"
-        " memory; compare the 1248² `infer_*` rows ('memory saved' = 1 − Vim peak / DeiT peak).",
+        " memory; compare the 1248² `fp32` / `bf16` (inference) rows ('memory saved' = 1 − Vim peak / DeiT peak).",
         "",
     ]
     return "\n".join(lines)
@@ -271,7 +236,7 @@ def main(argv=None) -> int:
             for mode in MODES:
                 plan.append((vim, mode, size, batch, False, 4.0))
                 plan.append((deit, mode, size, batch, False, 1.0))
-                if size == args.sizes[1] and mode != "train_fp16":
+                if size == args.sizes[1] and mode != "train_fp16":  # the paper's point: batch inference
                     plan.append((deit, mode, size, batch, True, 1.0))
     deadline = time.perf_counter() + args.budget_s
     rows = []

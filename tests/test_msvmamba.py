@@ -160,7 +160,8 @@ def reference_ms2d_core(op: MS2D, x_full, x_low):
     Y_l = torch.zeros_like(x_low)
     for i in range(h):
         for j in range(w):
-            Y_l[:, :, i, j] = y_l[:, :, hw - 1 - (i * w + j)] + y_l[:, :, hw + j * h + i] + y_l[:, :, 3 * hw - 1 - (j * h + i)]
+            Y_l[:, :, i, j] = (y_l[:, :, hw - 1 - (i * w + j)] + y_l[:, :, hw + j * h + i]
+                               + y_l[:, :, 3 * hw - 1 - (j * h + i)])
     Y = y_f.reshape(*y_f.shape[:2], height, width)
     mode = dict(mode="bilinear", align_corners=False) if v.upsample == "bilinear" else dict(mode="nearest")
     return Y + torch.nn.functional.interpolate(Y_l, size=(height, width), **mode)
@@ -235,7 +236,8 @@ def test_official_training_checkpoint_loads_strictly(name, tmp_path, monkeypatch
     config = CfgNode({"MODEL": CfgNode({"NAME": meta["builder"]["config_model_name"], "DROP_PATH_RATE": 0.2})})
     ema = {k: v + 1 for k, v in state_dict.items()}
     if meta["generation"].startswith("gen3"):  # Linear2d weights may also come 4-D (out, in, 1, 1)
-        ema = {k: v[:, :, None, None] if k.endswith(("in_proj.weight", "out_proj.weight")) else v for k, v in ema.items()}
+        ema = {k: v[:, :, None, None] if k.endswith(("in_proj.weight", "out_proj.weight")) else v
+               for k, v in ema.items()}
     path = tmp_path / "ckpt_epoch_299.pth"  # save_checkpoint_ema's layout (spec §9)
     torch.save({"model": state_dict, "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {"t": 1},
                 "max_accuracy": 83.0, "scaler": {"scale": 1024.0}, "epoch": 299, "config": config,
@@ -247,6 +249,24 @@ def test_official_training_checkpoint_loads_strictly(name, tmp_path, monkeypatch
                                    atol=meta["tolerance"]["atol"])
     vssm.load_checkpoint(model, str(path), key="model_ema")
     torch.testing.assert_close(model.state_dict()["classifier.head.bias"], state_dict["classifier.head.bias"] + 1)
+
+
+def test_pretrained_true_goes_through_the_vssm_loader(tmp_path, monkeypatch):
+    """timm.create_model(..., pretrained=True) with the official file (here a pretrained_cfg_overlay file of the
+    fixture's weights, pickled config and all): loaded strictly; another class count keeps its own head."""
+    meta, _, state_dict, outputs = fixture_model("msvmamba_gen3_reduced")
+    CfgNode = _yacs_stub(monkeypatch)
+    path = tmp_path / "msvmambav3_tiny_224.pth"
+    torch.save({"model": state_dict, "config": CfgNode({"MODEL": CfgNode({"TYPE": "vssm"})}), "epoch": 299}, path)
+    # a new source drops the cfg's custom_load in timm (the format may differ): name it again with the file
+    reduced = dict(dims=16, depths=[1, 1, 2, 1], pretrained_cfg_overlay=dict(file=str(path), custom_load=True))
+    model = timm.create_model("msvmambav3_tiny_224", pretrained=True, **reduced).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(outputs["__input__"]), outputs["__logits__"], rtol=0,
+                                   atol=meta["tolerance"]["atol"])
+    model10 = timm.create_model("msvmambav3_tiny_224", pretrained=True, num_classes=10, **reduced)
+    assert model10.get_classifier().out_features == 10
+    torch.testing.assert_close(model10.state_dict()["patch_embed.0.weight"], state_dict["patch_embed.0.weight"])
 
 
 def test_checkpoint_of_the_other_generation_is_refused(tmp_path):

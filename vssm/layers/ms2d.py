@@ -172,7 +172,10 @@ class MS2D(nn.Module):
         self.Ds = nn.Parameter(torch.empty(k * e))
 
         # generation 1 normalises the scan outputs token-wise (always nn.LayerNorm); generation 3 the merged map
-        self.out_norm = nn.LayerNorm(d_inner, eps=LN_EPS) if variant.norm_per_branch else make_norm(channel_first)(d_inner)
+        if variant.norm_per_branch:
+            self.out_norm = nn.LayerNorm(d_inner, eps=LN_EPS)
+        else:
+            self.out_norm = make_norm(channel_first)(d_inner)
         self.se = SEModule(d_inner, se_reduction, channel_first) if add_se else None
         d_proj = d_inner * (2 if variant.gated else 1)
 
@@ -275,7 +278,7 @@ class MS2D(nn.Module):
             x, z = x.chunk(2, dim=channel_dim)
             z = self.act(z)
         if not self.channel_first:
-            x = x.permute(0, 3, 1, 2)
+            x = x.permute(0, 3, 1, 2).contiguous()  # as the official code; CPU depthwise convs want NCHW
         x_full = self.act(self.conv2d(x))
         x_low = self.act(self.conv2d_b1(x))  # taps in_proj's output, not the 3x3 conv's
         y = self.ssm(x_full, x_low)

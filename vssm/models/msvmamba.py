@@ -27,7 +27,6 @@ import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from torch import Tensor
 
 from .._registry import register_family, register_vssm_model
 from ..layers.common import Permute, downsample_conv, downsample_v1, make_norm, patch_embed_v1, patch_embed_v2
@@ -70,7 +69,8 @@ _GEN3_IGNORED = {
     "ffn_dropout",
     "input_resolution",
 }
-_GEN1_KWARGS = set(_GEN1_FIXED) | _GEN1_IGNORED | {"sscore_type", "ms_stage", "ms_split", "add_se", "convFFN", "ffn_dropout"}
+_GEN1_KWARGS = set(_GEN1_FIXED) | _GEN1_IGNORED | {"sscore_type", "ms_stage", "ms_split", "add_se", "convFFN",
+                                                    "ffn_dropout"}
 _GEN3_KWARGS = _GEN3_IGNORED | {"add_se", "convffn", "conv_ffn_ratio", "full_res_index"}
 
 
@@ -149,7 +149,9 @@ class MSVSSM(VSSM):
 
         norm_kind = str(norm_layer).lower()
         if norm_kind not in ("ln", "ln2d", "bn"):
-            raise ValueError(f"norm_layer must be 'ln' (channel-last), 'ln2d' or 'bn' (channel-first), got {norm_layer!r}")
+            raise ValueError(
+                f"norm_layer must be 'ln' (channel-last), 'ln2d' or 'bn' (channel-first), got {norm_layer!r}"
+            )
         native_channel_first = norm_kind != "ln"
         self.channel_first = native_channel_first if channel_first is None else bool(channel_first)
         if norm_kind == "bn" and not self.channel_first:
@@ -234,7 +236,9 @@ class MSVSSM(VSSM):
                         f"vssm implements {name}={released!r} only"
                     )
             if kwargs.get("sscore_type", _GEN1_SSCORE) != _GEN1_SSCORE:
-                raise ValueError(f"MSVMamba generation 1 needs sscore_type={_GEN1_SSCORE!r}, got {kwargs['sscore_type']!r}")
+                raise ValueError(
+                    f"MSVMamba generation 1 needs sscore_type={_GEN1_SSCORE!r}, got {kwargs['sscore_type']!r}"
+                )
             ms_stage = list(kwargs.get("ms_stage", range(self.num_layers)))
             if sorted(ms_stage) != list(range(self.num_layers)):
                 raise ValueError(
@@ -276,6 +280,24 @@ class MSVSSM(VSSM):
         )
 
 
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str, key: str = "auto") -> None:
+        """Load an official file strictly with vssm's loader (timm's ``custom_load`` hook, used by
+        ``pretrained=True``: timm's own loader refuses the pickled yacs config in the official files). ``key="auto"``
+        takes the file's ``model`` entry, else ``model_ema``. A model built with another number of classes keeps
+        its own head and takes everything else from the file."""
+        from ..checkpoint import load_checkpoint
+
+        own_head, classes = self.classifier.head, getattr(self, "pretrained_cfg", {}).get("num_classes", 1000)
+        if not (isinstance(own_head, nn.Linear) and own_head.out_features == classes):
+            device = self.patch_embed[0].weight.device
+            self.classifier.head = nn.Linear(self.num_features, classes, device=device)
+        try:
+            load_checkpoint(self, checkpoint_path, key=key)
+        finally:
+            self.classifier.head = own_head
+
+
 # The official checkpoints use VMamba's key names (and its legacy renames, inherited by both MSVMamba branches).
 MSVSSM.checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
@@ -291,8 +313,11 @@ _HF = "YuhengSSS/MSVMamba"
 
 
 def _cfg(**kwargs) -> dict:
+    # custom_load "hf": timm fetches the file (hub, url or pretrained_cfg_overlay=dict(file=...)) and calls
+    # MSVSSM.load_pretrained, i.e. vssm's strict loader.
     return {
         "url": "",
+        "custom_load": "hf",
         "num_classes": 1000,
         "input_size": (3, 224, 224),
         "pool_size": (7, 7),

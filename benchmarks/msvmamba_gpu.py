@@ -28,16 +28,15 @@ import platform
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import timm  # noqa: E402
 
 import vssm  # noqa: E402,F401  (registers the models)
+from vssm import benchmark  # noqa: E402
 from vssm.ops import available_backends  # noqa: E402
 
 MODELS = [  # (label, timm name, budget weight)
@@ -47,7 +46,7 @@ MODELS = [  # (label, timm name, budget weight)
     ("VMambav1-T (vanilla)", "vanilla_vmamba_tiny", 1.5),
     ("Swin-T (timm)", "swin_tiny_patch4_window7_224", 0.7),
 ]
-MODES = ("infer_fp32", "infer_bf16", "train_fp16")
+MODES = benchmark.MODES  # "fp32", "bf16" (inference), "train_fp16"
 BASELINES = ("vanilla_vmamba_tiny", "swin_tiny_patch4_window7_224")
 POSTER = {"msvmamba": {"img_s": 1092, "peak_MB": 4533}, "vanilla_vmamba_tiny": {"img_s": 603, "peak_MB": 6639}}
 
@@ -60,11 +59,6 @@ def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -107,59 +101,33 @@ def _build(name: str, size: int) -> torch.nn.Module:
 
 def measure(name: str, mode: str, size: int, batch: int, device: torch.device, warmup: int, iters: int,
             budget_s: float, min_iters: tuple = (3, 3)) -> dict:
-    """Images/s and peak allocated memory of one model in one mode; fewer iterations if the budget needs it (never
-    fewer than ``min_iters`` = (warm-up, timed))."""
+    """Images/s and peak allocated memory of one model in one mode with vssm.benchmark.measure (the anchors'
+    protocol). A first short run (2 warm-up + 1 timed) times one iteration; the measurement then runs fewer
+    iterations if its share of the budget needs it (never fewer than ``min_iters`` = (warm-up, timed) in all;
+    a model far too slow for its share keeps just the probe)."""
     row = {"model": name, "mode": mode, "img_size": size, "batch": batch}
-    model = x = target = None
+    model = None
     try:
         torch.manual_seed(0)
         model = _build(name, size).to(device)
         row["params_M"] = sum(p.numel() for p in model.parameters()) / 1e6
-        x = torch.randn(batch, 3, size, size, device=device)
-        target = torch.randint(0, 1000, (batch,), device=device)
-        train = mode == "train_fp16"
-        model.train(train)
-        dtype = {"infer_fp32": None, "infer_bf16": torch.bfloat16, "train_fp16": torch.float16}[mode]
-
-        def step():
-            ctx = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-            if train:
-                with ctx:
-                    loss = F.cross_entropy(model(x), target)
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-            else:
-                with torch.no_grad(), ctx:
-                    model(x)
-
-        t0 = time.perf_counter()
-        for _ in range(2):  # first calls: cudnn autotuning, allocator growth
-            step()
-        _sync(device)
-        t_step = max((time.perf_counter() - t0) / 2, 1e-6)
-        if t_step * sum(min_iters) > 2 * budget_s:  # far too slow for its share: the 2 calls above + 1 timed
-            min_iters = (2, 1)
-        n_warm = max(min_iters[0], min(warmup, int(0.35 * budget_s / t_step))) - 2  # in all, with the 2 above
-        n_timed = max(min_iters[1], min(iters, int(0.65 * budget_s / t_step)))
-        for _ in range(max(n_warm, 0)):
-            step()
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        for _ in range(n_timed):
-            step()
-        _sync(device)
-        elapsed = time.perf_counter() - t0
-        row.update(img_s=batch * n_timed / elapsed, warmup=max(n_warm, 0) + 2, iters=n_timed, seconds=elapsed)
-        row["peak_MB"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        row["reduced"] = row["warmup"] < warmup or n_timed < iters
+        probe = benchmark.measure(model, mode, batch, size, warmup=2, iters=1, device=str(device))
+        t_step = batch / probe["img_s"]
+        if t_step * sum(min_iters) > 2 * budget_s:
+            result, n_warm, n_timed = probe, 0, 0
+            row.update(img_s=probe["img_s"], peak_MB=probe["peak_mb"], warmup=2, iters=1)
+        else:
+            n_warm = max(0, max(min_iters[0], min(warmup, int(0.35 * budget_s / t_step))) - 3)  # the probe warms too
+            n_timed = max(min_iters[1], min(iters, int(0.65 * budget_s / t_step)))
+            result = benchmark.measure(model, mode, batch, size, warmup=n_warm, iters=n_timed, device=str(device))
+            row.update(img_s=result["img_s"], peak_MB=result["peak_mb"], warmup=n_warm + 3, iters=n_timed)
+        row["reduced"] = row["warmup"] < warmup or row["iters"] < iters
     except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
         if not _is_oom(err):
             raise
         row.update(oom=True, error=str(err).splitlines()[0][:200])
     finally:
-        del model, x, target
+        del model
         _free()
     return row
 

@@ -148,6 +148,28 @@ def test_pos_embed_resize_keeps_class_slot_and_roundtrips():
         torch.testing.assert_close(other(x), model(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "options, readout",
+    [
+        (dict(if_cls_token=False, final_pool_type="mean"), lambda f: f.mean(1)),
+        (dict(if_cls_token=False, final_pool_type="none"), lambda f: f[:, -1]),
+        (dict(use_middle_cls_token=False), lambda f: f[:, 0]),
+        (dict(use_double_cls_token=True), lambda f: (f[:, 0] + f[:, -1]) / 2),
+        (dict(rms_norm=False, init_layer_scale=0.1, if_abs_pos_embed=False), lambda f: f[:, f.shape[1] // 2]),
+    ],
+)
+def test_other_official_options(options, readout):
+    model = VisionMamba(img_size=32, depth=2, embed_dim=32, num_classes=5, **options).eval()
+    x = torch.randn(2, 3, 48, 32)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        torch.testing.assert_close(model.forward_head(feats, pre_logits=True), readout(feats))
+        assert model(x).shape == (2, 5)
+    keys = set(model.state_dict())
+    assert ("cls_token_head" in keys) == bool(options.get("use_double_cls_token"))
+    assert ("pos_embed" in keys) == options.get("if_abs_pos_embed", True)
+
+
 # ---- checkpoints ----------------------------------------------------------------------------------------------
 
 

@@ -14,5 +14,6 @@ from .common import (
     patch_embed_v1,
     patch_embed_v2,
 )
+from .ms2d import ConvFFN, MS2D, MS2DVariant, MSVSSBlock, SEModule, ms2d_variant
 from .ss2d import SS2D, SS2DVariant, parse_forward_type
 from .vss_block import VSSBlock

@@ -1,4 +1,5 @@
 from .lti import lti_convolve, lti_kernel, lti_recurrence, zoh_discretize
+from .ms_scan import MS_FULL_RES, MS_LOW_RES, direction_index_map, direction_merge, direction_scan
 from .scan_orders import SCAN_ORDERS, cascade_merge, cascade_scan, cross_merge, cross_scan, scan_index_maps
 from .selective_scan import (
     available_backends,

@@ -10,6 +10,10 @@ from typing import List, Optional
 # sub-command -> (module, one-line help)
 COMMANDS = {
     "demo": ("vssm.demo", "run vmamba_tiny_s1l8 on Fashion-MNIST test images and report shape, size and time"),
+    "flops": ("vssm.analysis.flops", "parameters and GFLOPs (official convention) of any vssm / timm model"),
+    "erf": ("vssm.analysis.erf", "effective receptive field heat map(s), several models side by side"),
+    "attnmap": ("vssm.analysis.attnmap", "SS2D selective scan as an attention matrix; activation maps of a query"),
+    "scale": ("vssm.analysis.scale", "FLOPs (GPU: throughput, memory; with data: accuracy) against input size"),
 }
 
 

@@ -9,3 +9,4 @@ from .selective_scan import (
     selective_scan_reference,
     selective_scan_torch,
 )
+from .flops import register_op_flops, register_scan_flops, selective_scan_macs

@@ -13,12 +13,14 @@ from typing import Callable, Optional, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import LayerNorm2d as _TimmLayerNorm2d
 from torch import Tensor
+
+from ..ops.layer_norm import layer_norm_last_dim
 
 __all__ = [
     "Permute",
     "Linear2d",
+    "LayerNorm",
     "LayerNorm2d",
     "Mlp",
     "GatedMlp",
@@ -54,11 +56,28 @@ class Linear2d(nn.Linear):
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
-class LayerNorm2d(_TimmLayerNorm2d):
-    """LayerNorm over the channels of a (B, C, H, W) map, eps 1e-5 like the official models."""
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dim, eps 1e-5 like the official models; a Triton kernel on CUDA.
 
-    def __init__(self, num_channels: int, eps: float = LN_EPS, affine: bool = True):
-        super().__init__(num_channels, eps=eps, affine=affine)
+    ``autocast_output``: set on norms whose only consumer is a projection, so under autocast they write the
+    autocast dtype directly (the projection would cast to it anyway).
+    """
+
+    autocast_output = False
+
+    def __init__(self, num_channels: int, eps: float = LN_EPS):
+        super().__init__(num_channels, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return layer_norm_last_dim(x, self.weight, self.bias, self.eps, self.autocast_output)
+
+
+class LayerNorm2d(LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map (fast when the map is channels_last in memory)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = layer_norm_last_dim(x.permute(0, 2, 3, 1), self.weight, self.bias, self.eps, self.autocast_output)
+        return y.permute(0, 3, 1, 2)
 
 
 def make_norm(channel_first: bool, kind: str = "ln") -> Type[nn.Module]:
@@ -67,9 +86,7 @@ def make_norm(channel_first: bool, kind: str = "ln") -> Type[nn.Module]:
         if not channel_first:
             raise ValueError("norm 'bn' (BatchNorm2d) needs the channel-first layout")
         return nn.BatchNorm2d
-    if channel_first:
-        return LayerNorm2d
-    return lambda dim: nn.LayerNorm(dim, eps=LN_EPS)
+    return LayerNorm2d if channel_first else LayerNorm
 
 
 def make_linear(channel_first: bool) -> Type[nn.Linear]:
@@ -180,7 +197,8 @@ class PatchMerging2D(nn.Module):
         super().__init__()
         self.channel_first = channel_first
         self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim, eps=LN_EPS)
+        self.norm = LayerNorm(4 * dim)
+        self.norm.autocast_output = True
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channel_first:

@@ -185,6 +185,8 @@ class SS2D(nn.Module):
         )
         if variant.legacy_layout:
             self.out_norm = make_out_norm()
+        if variant.out_norm == "ln" and not variant.out_act and not variant.gated:
+            self.out_norm.autocast_output = True  # it feeds out_proj directly, which casts anyway
         self.out_act = nn.GELU() if variant.out_act else nn.Identity()
         self.out_proj = linear(d_inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
@@ -266,7 +268,8 @@ class SS2D(nn.Module):
         if self._use_fused(x):
             # x_proj is per pixel, so it is applied in the pixel domain once for all directions; the kernel reads
             # each direction's order from memory and sums the directions back (no (B, K, E, L) tensor)
-            x_dbl = F.conv2d(x, self.x_proj_weight.reshape(-1, self.d_inner)[:, :, None, None])
+            weight = self.x_proj_weight.reshape(-1, self.d_inner)
+            x_dbl = F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2)  # a GEMM; (B, K*(R+2N), H, W)
             A = -torch.exp(self.A_logs.float())
             return cross_selective_scan(x, x_dbl, self.dt_projs_weight, self.dt_projs_bias, A, self.Ds, order)
         batch, _, height, width = x.shape

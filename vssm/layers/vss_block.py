@@ -74,6 +74,10 @@ class VSSBlock(nn.Module):
                 channel_first=channel_first,
             )
 
+        for norm in (getattr(self, "norm", None), getattr(self, "norm2", None)):
+            if norm is not None and not post_norm:
+                norm.autocast_output = True  # pre-norms feed only their branch's first projection
+
     def _residual(self, x: Tensor, norm: nn.Module, branch: nn.Module) -> Tensor:
         if self.post_norm:
             return x + self.drop_path(norm(branch(x)))

@@ -219,6 +219,9 @@ class VSSM(nn.Module):
                 f"{type(self).__name__} expects images (B, {self.patch_embed[0].in_channels}, H, W), "
                 f"got shape {tuple(x.shape)}"
             )
+        if x.is_cuda and self.channel_first:
+            # NHWC memory: 1x1 convs and LayerNorm2d run on contiguous channels, the scan kernel's loads coalesce
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             size = x.shape[2:] if self.channel_first else x.shape[1:3]
@@ -443,3 +446,36 @@ def vmamba_small_s1l20(pretrained: bool = False, **kwargs) -> VSSM:
 def vmamba_base_s1l20(pretrained: bool = False, **kwargs) -> VSSM:
     """VMamba-B[s1l20] (v2v), 86.6M params, 15.2 GFLOPs, 83.8%."""
     return _make("vmamba_base_s1l20", pretrained, dict(_V2, ssm_ratio=1.0, dims=128, depths=[2, 2, 20, 2], drop_path_rate=0.5), kwargs)
+
+
+# vssm additions: small models for 28-64 px inputs
+#
+# NOT official VMamba releases: configurations chosen by vssm for small images (Fashion-MNIST, CIFAR-size inputs)
+# from measurements (benchmarks/results/fashion-mnist.md). They are the official VSSM with the v2v block
+# (d_state 1, ssm_ratio 1, forward_type v05_noz, channel-first), the v2 patch-4 stem and v3 downsampling, in three
+# stages instead of four (a 32 px image leaves a 2x2 map after three stages; a fourth would be 1x1). No weights
+# are released for them; train them with `vssm train`.
+_SMALL = dict(_V2, ssm_ratio=1.0, mlp_ratio=4.0)
+
+default_cfgs.update(
+    generate_default_cfgs(
+        {
+            "vmamba_femto.untrained": _cfg(input_size=(3, 32, 32), pool_size=(2, 2), crop_pct=1.0, num_classes=10),
+            "vmamba_nano.untrained": _cfg(input_size=(3, 64, 64), pool_size=(4, 4), crop_pct=1.0, num_classes=10),
+        }
+    )
+)
+
+
+@register_vssm_model("vmamba")
+def vmamba_femto(pretrained: bool = False, **kwargs) -> VSSM:
+    """vssm addition (not an official release): dims 32-64-128, depths 2-2-2, patch-4 stem; 0.57M params.
+    For 28-32 px inputs on a CPU (`vssm demo`)."""
+    return _make("vmamba_femto", pretrained, dict(_SMALL, dims=[32, 64, 128], depths=[2, 2, 2], drop_path_rate=0.0), kwargs)
+
+
+@register_vssm_model("vmamba")
+def vmamba_nano(pretrained: bool = False, **kwargs) -> VSSM:
+    """vssm addition (not an official release): dims 96-192-384, depths 2-4-4, patch-4 stem; 8.9M params.
+    For 32-64 px inputs on a GPU (the Fashion-MNIST benchmark)."""
+    return _make("vmamba_nano", pretrained, dict(_SMALL, dims=[96, 192, 384], depths=[2, 4, 4], drop_path_rate=0.1), kwargs)

@@ -37,6 +37,11 @@ __all__ = [
 ]
 
 _ORDERS = {"unidi": 0, "cross2d": 1, "bidi": 2}
+# {N == 1: launch config}; measured on an H100 (benchmarks/gpu_check.py --sweep)
+CONFIGS = {
+    True: dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=4),
+    False: dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
+}
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
 
 
@@ -72,15 +77,16 @@ class _Scan:
     merge: bool
     softplus: bool
 
-    def config(self) -> Tuple[int, int, int, int]:
-        """(BLOCK_L, BLOCK_D, BLOCK_N, num_warps)."""
-        block_n = triton.next_power_of_2(self.N)
-        if self.N == 1:
-            return 64, min(64, triton.next_power_of_2(self.E)), block_n, 4
-        return 32, min(16, triton.next_power_of_2(self.E)), block_n, 4
+    def config(self) -> dict:
+        """Tile sizes and launch options (BLOCK_D, BLOCK_R >= 16: tl.dot's minimum)."""
+        cfg = dict(CONFIGS[self.N == 1])
+        cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
+        cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
+        cfg["BLOCK_R"] = max(16, triton.next_power_of_2(max(self.R, 1)))
+        return cfg
 
     def grid(self, block_d: int) -> Tuple[int, int]:
-        return self.batch * triton.cdiv(self.E, block_d), (1 if self.merge else self.K)
+        return self.batch * triton.cdiv(self.E, block_d), self.K
 
     def common(self):
         # pointers of absent operands are never read (HAS_* flags); any tensor fills the slot
@@ -91,32 +97,32 @@ class _Scan:
         )
 
     def flags(self):
-        return dict(K=self.K, N=self.N, R=self.R, ORDER=self.order, MERGE=self.merge, SOFTPLUS=self.softplus,
+        return dict(K=self.K, N=self.N, DT_PROJ=self.R > 0, ORDER=self.order, MERGE=self.merge, SOFTPLUS=self.softplus,
                     HAS_D=self.D is not None, HAS_BIAS=self.bias is not None)
 
 
 def _forward(op: _Scan, y: Optional[Tensor] = None, sy: Strides = (0,) * 5) -> Optional[Tensor]:
     """Run the forward kernel: writes y if given, else returns the chunk-start states (batch, K, E, chunks, N)."""
-    block_l, block_d, block_n, warps = op.config()
+    cfg = op.config()
     length = op.H * op.W
-    n_chunks = triton.cdiv(length, block_l)
+    n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
     states = None
     if y is None:
         states = torch.empty((op.batch, op.K, op.E, n_chunks, op.N), device=op.u.device, dtype=torch.float32)
-    kernels._scan_fwd_kernel[op.grid(block_d)](
+    kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"])](
         *op.common(), y if y is not None else states, states if states is not None else op.A,
-        op.E, op.H, op.W, length, n_chunks, *op.su, *op.sdl, *op.sb, *op.sc, *sy,
-        **op.flags(), SAVE=y is None, STORE_Y=y is not None,
-        BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+        op.E, op.H, op.W, length, n_chunks, op.R, *op.su, *op.sdl, *op.sb, *op.sc, *sy,
+        **op.flags(), SAVE=y is None, STORE_Y=y is not None, **cfg,
     )
     return states
 
 
 def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl: Tensor, sddl: Strides,
               dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """Run the backward kernel into du / ddl / dB / dC (dB, dC, and ddl when R > 0, must be zero-filled fp32);
+    """Run the backward kernel into du / ddl / dB / dC (dB, dC, ddl when R > 0 and du when merging are accumulated
+    with atomic adds: zero-filled fp32);
     returns (dA, dD, dbias, dW) fp32."""
-    block_l, block_d, block_n, warps = op.config()
+    cfg = op.config()
     states = _forward(op)
     length = op.H * op.W
     f32 = dict(device=op.u.device, dtype=torch.float32)
@@ -124,11 +130,11 @@ def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl
     dD = torch.zeros((op.K * op.E,), **f32)
     dbias = torch.zeros((op.K * op.E,), **f32)
     dW = torch.zeros((op.K, op.E, op.R), **f32) if op.R else dA
-    kernels._scan_bwd_kernel[op.grid(block_d)](
+    kernels._scan_bwd_kernel[op.grid(cfg["BLOCK_D"])](
         *op.common(), dy, states, du, ddl, dW, dbias, dA, dD, dB, dC,
-        op.E, op.H, op.W, length, triton.cdiv(length, block_l),
+        op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]), op.R,
         *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sddl, *sdb, *sdc,
-        **op.flags(), BLOCK_L=block_l, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps,
+        **op.flags(), **cfg,
     )
     return dA, dD, dbias, (dW if op.R else None)
 
@@ -217,7 +223,7 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> _Scan:
 @torch.library.custom_op("vssm::cross_selective_scan", mutates_args=())
 def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str) -> Tensor:
     op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
-    y = torch.empty_like(u, dtype=torch.float32)  # keeps u's memory format (channels_last stays channels_last)
+    y = torch.zeros_like(u, dtype=torch.float32)  # keeps u's memory format; the 4 directions add into it
     _forward(op, y, _map(y))
     return y
 
@@ -232,7 +238,7 @@ def _cross_backward_op(
     dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
-    du = torch.empty_like(u, dtype=torch.float32)
+    du = torch.zeros_like(u, dtype=torch.float32)
     d_x_dbl = torch.zeros_like(x_dbl, dtype=torch.float32)
     sb, sc, sh, sw = d_x_dbl.stride()
     per_k = op.R + 2 * op.N

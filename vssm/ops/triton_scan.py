@@ -5,8 +5,10 @@ One forward and one backward kernel serve two geometries:
 - plain: the sequences of ``selective_scan`` (batch, K*D, L), one program per (batch, channel block, group k);
 - cross (SS2D): one feature map u (B, H, W, E) (any strides) read in each of the K=4 scan orders straight from
   memory, the per-direction Δ computed in-kernel from the low-rank projection (dt_low @ W_dt^T + bias), and the K
-  outputs summed back onto the map (the cross-merge). One program per (batch, channel block) runs the 4 directions
-  in turn, so the merge needs no atomics and no (B, 4, E, L) tensor ever exists.
+  outputs summed back onto the map (the cross-merge) with fp32 atomic adds, so no (B, 4, E, L) tensor exists.
+
+Programs: one per (batch, channel block, direction); each walks its sequence chunk by chunk carrying the state, with
+the chunk loads software-pipelined (the chain of chunks is what bounds the time, not bandwidth).
 
 Every position is addressed as a pixel (h, w) with per-tensor strides; the plain geometry is H = 1, W = L.
 State and accumulation are fp32. The backward recomputes the in-chunk states from the chunk-start states saved by
@@ -52,90 +54,114 @@ def _softplus(z):
 
 
 @triton.jit
-def _delta(dl_ptr, w_ptr, bias_ptr, base_dl, pix_dl, s_dlc, k, offs_d, mask_l, mask_d, E,
-           R: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Pre-activation z (BLOCK_L, BLOCK_D): the given delta, or dt_low @ W_dt[k]^T (R > 0); plus bias."""
-    mask_ld = mask_l[:, None] & mask_d[None, :]
-    if R == 0:
-        z = tl.load(dl_ptr + base_dl + pix_dl[:, None] + offs_d[None, :] * s_dlc, mask=mask_ld, other=0.0).to(tl.float32)
+def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, offs_r, mask_l, mask_d, R, w_t, bias,
+           DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Pre-activation z (BLOCK_L, BLOCK_D): the given delta, or dt_low (BLOCK_L, R) @ w_t (R, BLOCK_D); plus bias.
+    Returns (z, dt_low) (dt_low is None-like zeros when not DT_PROJ)."""
+    if DT_PROJ:
+        low = tl.load(dl_ptr + base_dl + pix_dl[:, None] + offs_r[None, :] * s_dlc,
+                      mask=mask_l[:, None] & (offs_r < R)[None, :], other=0.0).to(tl.float32)
+        z = tl.dot(low, w_t, input_precision="ieee")
     else:
-        z = tl.zeros(mask_ld.shape, dtype=tl.float32)
-        for r in tl.static_range(R):
-            low = tl.load(dl_ptr + base_dl + pix_dl + r * s_dlc, mask=mask_l, other=0.0).to(tl.float32)
-            wr = tl.load(w_ptr + (k * E + offs_d) * R + r, mask=mask_d, other=0.0).to(tl.float32)
-            z += low[:, None] * wr[None, :]
+        low = tl.zeros((1, 1), dtype=tl.float32)
+        z = tl.load(dl_ptr + base_dl + pix_dl[:, None] + offs_d[None, :] * s_dlc,
+                    mask=mask_l[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     if HAS_BIAS:
-        z += tl.load(bias_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)[None, :]
-    return z
+        z += bias[None, :]
+    return z, low
 
 
 @triton.jit
+def _program(E, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+    pid = tl.program_id(0)
+    n_dblk = tl.cdiv(E, BLOCK_D)
+    b = (pid // n_dblk).to(tl.int64)
+    offs_d = (pid % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return b, tl.program_id(1), offs_d, offs_d < E, tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_R)
+
+
+@triton.jit
+def _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
+                      DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """This program's slice of the per-direction parameters: W_dt^T (R, D), bias (D), A (N, D), D (D)."""
+    mask_nd = (offs_n < N)[:, None] & mask_d[None, :]
+    A = tl.load(a_ptr + (k * E + offs_d[None, :]) * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
+    w_t = tl.zeros((1, 1), dtype=tl.float32)
+    if DT_PROJ:
+        w_t = tl.load(w_ptr + (k * E + offs_d[None, :]) * R + offs_r[:, None],
+                      mask=(offs_r < R)[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    bias = tl.zeros(offs_d.shape, dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    Dk = tl.zeros(offs_d.shape, dtype=tl.float32)
+    if HAS_D:
+        Dk = tl.load(d_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    return A, w_t, bias, Dk
+
+
+_SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK", "R"]  # one compiled kernel serves every stage / image size
+
+
+@triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr,
-    E, H, W, L, NCHUNK,
+    E, H, W, L, NCHUNK, R,
     su_b, su_k, su_d, su_h, su_w,
     sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
     sc_b, sc_k, sc_n, sc_h, sc_w,
     sy_b, sy_k, sy_d, sy_h, sy_w,
-    K: tl.constexpr, N: tl.constexpr, R: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
+    K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, STORE_Y: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n_dblk = tl.cdiv(E, BLOCK_D)
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < E
-    offs_n = tl.arange(0, BLOCK_N)
+    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R)
     mask_n = offs_n < N
     offs_l = tl.arange(0, BLOCK_L)
-    for kk in tl.static_range(K if MERGE else 1):
-        k = kk if MERGE else tl.program_id(1)
-        column_major, reverse = _direction(k, ORDER)
-        A = tl.load(a_ptr + (k * E + offs_d[None, :]) * N + offs_n[:, None], mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-        if HAS_D:
-            Dk = tl.load(d_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        h_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        for c in range(0, NCHUNK):
-            pos = c * BLOCK_L + offs_l
-            mask_l = pos < L
-            mask_ld = mask_l[:, None] & mask_d[None, :]
-            hh, ww = _pixels(pos, column_major, reverse, H, W, L)
-            u = tl.load(u_ptr + b * su_b + k * su_k + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d,
-                        mask=mask_ld, other=0.0).to(tl.float32)
-            z = _delta(dl_ptr, w_ptr, bias_ptr, b * sdl_b + k * sdl_k, hh * sdl_h + ww * sdl_w, sdl_c, k, offs_d,
-                       mask_l, mask_d, E, R, HAS_BIAS)
-            dt = _softplus(z) if SOFTPLUS else z
-            mask_ln = mask_l[:, None] & mask_n[None, :]
-            Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)
-            decay = tl.exp(dt[:, None, :] * A[None, :, :])  # (L, N, D)
-            decay = tl.where(mask_l[:, None, None], decay, 1.0)  # padding passes the state through
-            x = (dt * u)[:, None, :] * Bv[:, :, None]
-            decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
-            if SAVE:
-                st = st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None]
-                tl.store(st, h_carry, mask=mask_n[:, None] & mask_d[None, :])
-            h = h + decay_prod * h_carry[None, :, :]
-            h_carry = tl.sum(tl.where((offs_l == BLOCK_L - 1)[:, None, None], h, 0.0), axis=0)
-            if STORE_Y:
-                Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0).to(tl.float32)
-                y = tl.sum(h * Cv[:, :, None], axis=1)
-                if HAS_D:
-                    y += Dk[None, :] * u
-                y_ptrs = y_ptr + b * sy_b + k * sy_k + (hh * sy_h + ww * sy_w)[:, None] + offs_d[None, :] * sy_d
-                if MERGE and kk > 0:
-                    y += tl.load(y_ptrs, mask=mask_ld, other=0.0).to(tl.float32)
+    column_major, reverse = _direction(k, ORDER)
+    A, w_t, bias, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
+                                         DT_PROJ, HAS_BIAS, HAS_D)
+    h_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for c in tl.range(0, NCHUNK, num_stages=NUM_STAGES):
+        pos = c * BLOCK_L + offs_l
+        mask_l = pos < L
+        mask_ld = mask_l[:, None] & mask_d[None, :]
+        mask_ln = mask_l[:, None] & mask_n[None, :]
+        hh, ww = _pixels(pos, column_major, reverse, H, W, L)
+        u = tl.load(u_ptr + b * su_b + k * su_k + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d,
+                    mask=mask_ld, other=0.0).to(tl.float32)
+        z, _ = _delta(dl_ptr, b * sdl_b + k * sdl_k, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, offs_r, mask_l, mask_d,
+                      R, w_t, bias, DT_PROJ, HAS_BIAS)
+        dt = _softplus(z) if SOFTPLUS else z
+        Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n,
+                     mask=mask_ln, other=0.0).to(tl.float32)
+        decay = tl.where(mask_l[:, None, None], tl.exp(dt[:, None, :] * A[None, :, :]), 1.0)  # padding passes h on
+        x = (dt * u)[:, None, :] * Bv[:, :, None]
+        decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
+        if SAVE:
+            st = st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None]
+            tl.store(st, h_carry, mask=mask_n[:, None] & mask_d[None, :])
+        h = h + decay_prod * h_carry[None, :, :]
+        h_carry = tl.sum(tl.where((offs_l == BLOCK_L - 1)[:, None, None], h, 0.0), axis=0)
+        if STORE_Y:
+            Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n,
+                         mask=mask_ln, other=0.0).to(tl.float32)
+            y = tl.sum(h * Cv[:, :, None], axis=1)
+            if HAS_D:
+                y += Dk[None, :] * u
+            y_ptrs = y_ptr + b * sy_b + k * sy_k + (hh * sy_h + ww * sy_w)[:, None] + offs_d[None, :] * sy_d
+            if MERGE:
+                tl.atomic_add(y_ptrs, y, mask=mask_ld, sem="relaxed")
+            else:
                 tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_ld)
-        if MERGE:
-            tl.debug_barrier()  # the next direction reads back what other threads of this program stored
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _scan_bwd_kernel(
     u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, dy_ptr, st_ptr,
     du_ptr, ddl_ptr, dw_ptr, dbias_ptr, da_ptr, dd_ptr, db_ptr, dc_ptr,
-    E, H, W, L, NCHUNK,
+    E, H, W, L, NCHUNK, R,
     su_b, su_k, su_d, su_h, su_w,
     sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
@@ -145,97 +171,93 @@ def _scan_bwd_kernel(
     sdd_b, sdd_k, sdd_c, sdd_h, sdd_w,
     sdb_b, sdb_k, sdb_n, sdb_h, sdb_w,
     sdc_b, sdc_k, sdc_n, sdc_h, sdc_w,
-    K: tl.constexpr, N: tl.constexpr, R: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
+    K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    n_dblk = tl.cdiv(E, BLOCK_D)
-    b = (pid // n_dblk).to(tl.int64)
-    offs_d = (pid % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < E
-    offs_n = tl.arange(0, BLOCK_N)
+    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
-    for kk in tl.static_range(K if MERGE else 1):
-        k = kk if MERGE else tl.program_id(1)
-        column_major, reverse = _direction(k, ORDER)
-        A = tl.load(a_ptr + (k * E + offs_d[None, :]) * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
+    column_major, reverse = _direction(k, ORDER)
+    A, w_t, bias, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
+                                         DT_PROJ, HAS_BIAS, HAS_D)
+    g_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # adjoint state at the next chunk's first position
+    acc_a = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    acc_d = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    acc_w = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
+    base_u = b * su_b + k * su_k
+    base_dl = b * sdl_b + k * sdl_k
+    for ci in tl.range(0, NCHUNK, num_stages=NUM_STAGES):
+        c = NCHUNK - 1 - ci
+        pos = c * BLOCK_L + offs_l
+        mask_l = pos < L
+        mask_ld = mask_l[:, None] & mask_d[None, :]
+        mask_ln = mask_l[:, None] & mask_n[None, :]
+        hh, ww = _pixels(pos, column_major, reverse, H, W, L)
+        u = tl.load(u_ptr + base_u + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)
+        z, low = _delta(dl_ptr, base_dl, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, offs_r, mask_l, mask_d, R, w_t, bias,
+                        DT_PROJ, HAS_BIAS)
+        dt = _softplus(z) if SOFTPLUS else z
+        Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)
+        Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + b * sy_b + k * sy_k + (hh * sy_h + ww * sy_w)[:, None] + offs_d[None, :] * sy_d, mask=mask_ld, other=0.0).to(tl.float32)
+        # states inside the chunk, from the chunk-start state
+        decay = tl.where(mask_l[:, None, None], tl.exp(dt[:, None, :] * A[None, :, :]), 1.0)
+        x = (dt * u)[:, None, :] * Bv[:, :, None]
+        decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
+        h0 = tl.load(st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None], mask=mask_nd, other=0.0)
+        h = h + decay_prod * h0[None, :, :]
+        # decay of the next position, a_{t+1}, recomputed from memory (0 past the end: the adjoint starts at 0)
+        pos_n = pos + 1
+        mask_n1 = pos_n < L
+        hn, wn = _pixels(pos_n, column_major, reverse, H, W, L)
+        z_n, _ = _delta(dl_ptr, base_dl, hn * sdl_h + wn * sdl_w, sdl_c, offs_d, offs_r, mask_n1, mask_d, R, w_t, bias,
+                        DT_PROJ, HAS_BIAS)
+        dt_n = _softplus(z_n) if SOFTPLUS else z_n
+        decay_next = tl.where(mask_n1[:, None, None], tl.exp(dt_n[:, None, :] * A[None, :, :]), 0.0)
+        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}
+        beta = Cv[:, :, None] * dy[:, None, :]
+        prod_rev, g = tl.associative_scan((decay_next, beta), axis=0, combine_fn=_combine, reverse=True)
+        g = g + prod_rev * g_carry[None, :, :]
+        g_carry = tl.sum(tl.where((offs_l == 0)[:, None, None], g, 0.0), axis=0)
+        g = tl.where(mask_l[:, None, None], g, 0.0)
+        d_log_decay = g * (h - x)  # a_t h_{t-1} = h_t - x_t
+        gB = tl.sum(g * Bv[:, :, None], axis=1)  # (L, D)
+        d_dt = tl.sum(d_log_decay * A[None, :, :], axis=1) + gB * u
+        du = gB * dt
         if HAS_D:
-            Dk = tl.load(d_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-        g_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # adjoint state at the next chunk's first position
-        acc_a = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        acc_d = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        acc_bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        base_u = b * su_b + k * su_k
-        base_dl = b * sdl_b + k * sdl_k
-        for ci in range(0, NCHUNK):
-            c = NCHUNK - 1 - ci
-            pos = c * BLOCK_L + offs_l
-            mask_l = pos < L
-            mask_ld = mask_l[:, None] & mask_d[None, :]
-            mask_ln = mask_l[:, None] & mask_n[None, :]
-            hh, ww = _pixels(pos, column_major, reverse, H, W, L)
-            u = tl.load(u_ptr + base_u + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)
-            z = _delta(dl_ptr, w_ptr, bias_ptr, base_dl, hh * sdl_h + ww * sdl_w, sdl_c, k, offs_d, mask_l, mask_d, E, R, HAS_BIAS)
-            dt = _softplus(z) if SOFTPLUS else z
-            Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)
-            Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0).to(tl.float32)
-            dy = tl.load(dy_ptr + b * sy_b + k * sy_k + (hh * sy_h + ww * sy_w)[:, None] + offs_d[None, :] * sy_d, mask=mask_ld, other=0.0).to(tl.float32)
-            # states inside the chunk, from the saved chunk-start state
-            decay = tl.where(mask_l[:, None, None], tl.exp(dt[:, None, :] * A[None, :, :]), 1.0)
-            x = (dt * u)[:, None, :] * Bv[:, :, None]
-            decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
-            h0 = tl.load(st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None], mask=mask_nd, other=0.0)
-            h = h + decay_prod * h0[None, :, :]
-            # decay of the next position, a_{t+1}, recomputed from memory (0 past the end: the adjoint starts at 0)
-            pos_n = pos + 1
-            mask_n1 = pos_n < L
-            hn, wn = _pixels(pos_n, column_major, reverse, H, W, L)
-            z_n = _delta(dl_ptr, w_ptr, bias_ptr, base_dl, hn * sdl_h + wn * sdl_w, sdl_c, k, offs_d,
-                         mask_n1, mask_d, E, R, HAS_BIAS)
-            dt_n = _softplus(z_n) if SOFTPLUS else z_n
-            decay_next = tl.where(mask_n1[:, None, None], tl.exp(dt_n[:, None, :] * A[None, :, :]), 0.0)
-            # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}
-            beta = Cv[:, :, None] * dy[:, None, :]
-            prod_rev, g = tl.associative_scan((decay_next, beta), axis=0, combine_fn=_combine, reverse=True)
-            g = g + prod_rev * g_carry[None, :, :]
-            g_carry = tl.sum(tl.where((offs_l == 0)[:, None, None], g, 0.0), axis=0)
-            g = tl.where(mask_l[:, None, None], g, 0.0)
-            d_log_decay = g * (h - x)  # a_t h_{t-1} = h_t - x_t
-            gB = tl.sum(g * Bv[:, :, None], axis=1)  # (L, D)
-            d_dt = tl.sum(d_log_decay * A[None, :, :], axis=1) + gB * u
-            du = gB * dt
-            if HAS_D:
-                du += Dk[None, :] * dy
-                acc_d += tl.sum(dy * u, axis=0)
-            acc_a += tl.sum(d_log_decay * dt[:, None, :], axis=0)
-            db_part = tl.sum(g * (dt * u)[:, None, :], axis=2)  # (L, N): this channel block's share
-            dc_part = tl.sum(h * dy[:, None, :], axis=2)
-            tl.atomic_add(db_ptr + b * sdb_b + k * sdb_k + (hh * sdb_h + ww * sdb_w)[:, None] + offs_n[None, :] * sdb_n, db_part, mask=mask_ln)
-            tl.atomic_add(dc_ptr + b * sdc_b + k * sdc_k + (hh * sdc_h + ww * sdc_w)[:, None] + offs_n[None, :] * sdc_n, dc_part, mask=mask_ln)
-            if SOFTPLUS:
-                d_dt = tl.where(z > 20.0, d_dt, d_dt / (1.0 + tl.exp(-z)))
-            d_dt = tl.where(mask_ld, d_dt, 0.0)
-            acc_bias += tl.sum(d_dt, axis=0)
-            pix_dd = hh * sdd_h + ww * sdd_w
-            if R == 0:
-                tl.store(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd[:, None] + offs_d[None, :] * sdd_c, d_dt, mask=mask_ld)
-            else:
-                for r in tl.static_range(R):
-                    wr = tl.load(w_ptr + (k * E + offs_d) * R + r, mask=mask_d, other=0.0).to(tl.float32)
-                    low = tl.load(dl_ptr + base_dl + hh * sdl_h + ww * sdl_w + r * sdl_c, mask=mask_l, other=0.0).to(tl.float32)
-                    tl.atomic_add(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd + r * sdd_c, tl.sum(d_dt * wr[None, :], axis=1), mask=mask_l)
-                    tl.atomic_add(dw_ptr + (k * E + offs_d) * R + r, tl.sum(d_dt * low[:, None], axis=0), mask=mask_d)
-            du_ptrs = du_ptr + b * sdu_b + k * sdu_k + (hh * sdu_h + ww * sdu_w)[:, None] + offs_d[None, :] * sdu_d
-            if MERGE and kk > 0:
-                du += tl.load(du_ptrs, mask=mask_ld, other=0.0)
-            tl.store(du_ptrs, du, mask=mask_ld)
-        tl.atomic_add(da_ptr + (k * E + offs_d[None, :]) * N + offs_n[:, None], acc_a, mask=mask_nd)
-        if HAS_D:
-            tl.atomic_add(dd_ptr + k * E + offs_d, acc_d, mask=mask_d)
-        if HAS_BIAS:
-            tl.atomic_add(dbias_ptr + k * E + offs_d, acc_bias, mask=mask_d)
+            du += Dk[None, :] * dy
+            acc_d += tl.sum(dy * u, axis=0)
+        acc_a += tl.sum(d_log_decay * dt[:, None, :], axis=0)
+        db_part = tl.sum(g * (dt * u)[:, None, :], axis=2)  # (L, N): this channel block's share
+        dc_part = tl.sum(h * dy[:, None, :], axis=2)
+        tl.atomic_add(db_ptr + b * sdb_b + k * sdb_k + (hh * sdb_h + ww * sdb_w)[:, None] + offs_n[None, :] * sdb_n, db_part, mask=mask_ln, sem="relaxed")
+        tl.atomic_add(dc_ptr + b * sdc_b + k * sdc_k + (hh * sdc_h + ww * sdc_w)[:, None] + offs_n[None, :] * sdc_n, dc_part, mask=mask_ln, sem="relaxed")
+        if SOFTPLUS:
+            d_dt = tl.where(z > 20.0, d_dt, d_dt / (1.0 + tl.exp(-z)))
+        d_dt = tl.where(mask_ld, d_dt, 0.0)
+        acc_bias += tl.sum(d_dt, axis=0)
+        pix_dd = hh * sdd_h + ww * sdd_w
+        if DT_PROJ:
+            d_low = tl.dot(d_dt, tl.trans(w_t), input_precision="ieee")  # (L, R)
+            tl.atomic_add(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd[:, None] + offs_r[None, :] * sdd_c, d_low,
+                          mask=mask_l[:, None] & (offs_r < R)[None, :], sem="relaxed")
+            acc_w += tl.dot(tl.trans(low), d_dt, input_precision="ieee")
+        else:
+            tl.store(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd[:, None] + offs_d[None, :] * sdd_c, d_dt, mask=mask_ld)
+        du_ptrs = du_ptr + b * sdu_b + k * sdu_k + (hh * sdu_h + ww * sdu_w)[:, None] + offs_d[None, :] * sdu_d
         if MERGE:
-            tl.debug_barrier()
+            tl.atomic_add(du_ptrs, du, mask=mask_ld, sem="relaxed")
+        else:
+            tl.store(du_ptrs, du, mask=mask_ld)
+    tl.atomic_add(da_ptr + (k * E + offs_d[None, :]) * N + offs_n[:, None], acc_a, mask=mask_nd, sem="relaxed")
+    if HAS_D:
+        tl.atomic_add(dd_ptr + k * E + offs_d, acc_d, mask=mask_d, sem="relaxed")
+    if HAS_BIAS:
+        tl.atomic_add(dbias_ptr + k * E + offs_d, acc_bias, mask=mask_d, sem="relaxed")
+    if DT_PROJ:
+        tl.atomic_add(dw_ptr + (k * E + offs_d[None, :]) * R + offs_r[:, None], acc_w,
+                      mask=(offs_r < R)[:, None] & mask_d[None, :], sem="relaxed")

@@ -212,29 +212,23 @@ def sweep(report):
     A = -torch.rand(K * E, 1, device=DEV) - 0.5
     Dv = torch.randn(K * E, device=DEV)
     dy = torch.randn(B, E, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
-    configs = [(64, 32, 2, 2), (128, 32, 2, 2), (128, 32, 2, 4), (256, 16, 2, 4), (256, 16, 2, 8), (256, 32, 2, 8),
-               (512, 16, 2, 8), (1024, 16, 1, 8), (128, 16, 2, 2), (256, 32, 2, 4), (512, 32, 1, 8)]
-    default = dict(triton_ops.CONFIGS[True])
     rows = []
-    for bl, bd, st, nw in configs:
-        triton_ops.CONFIGS[True] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw)
-        t0 = time.perf_counter()
-        fwd = time_cuda(lambda: cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv), iters=10, warmup=2)
-        rows.append({"cfg": (bl, bd, st, nw), "fwd_ms": fwd * 1e3, "compile_s": time.perf_counter() - t0})
-        print(f"[{elapsed()}] cfg L{bl} D{bd} stages{st} warps{nw}: fwd {fwd * 1e3:.3f} ms", flush=True)
-    rows.sort(key=lambda r: r["fwd_ms"])
-    for row in rows[:4]:
-        bl, bd, st, nw = row["cfg"]
-        triton_ops.CONFIGS[True] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw)
-        bwd = time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d"),
-                        iters=5, warmup=1)
-        row["bwd_ms"] = bwd * 1e3
-        print(f"[{elapsed()}] cfg {row['cfg']}: bwd (incl. state recompute) {bwd * 1e3:.3f} ms", flush=True)
-    best = min(rows[:4], key=lambda r: r["fwd_ms"] + r["bwd_ms"])
-    bl, bd, st, nw = best["cfg"]
-    triton_ops.CONFIGS[True] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw) if best else default
-    print(f"best {best}")
-    report.append({"check": "sweep", "rows": rows, "best": best})
+    for backward, configs in ((False, [(64, 32, 2, 2), (128, 32, 2, 4), (32, 32, 2, 2)]),
+                              (True, [(32, 32, 2, 4), (32, 16, 2, 4), (16, 32, 2, 4), (64, 32, 2, 2), (32, 32, 1, 4), (16, 16, 2, 2)])):
+        timed = []
+        for bl, bd, st, nw in configs:
+            triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw)
+            if backward:
+                ms = 1e3 * time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d"), iters=5, warmup=1)
+            else:
+                ms = 1e3 * time_cuda(lambda: cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv), iters=10, warmup=2)
+            timed.append((ms, (bl, bd, st, nw)))
+            rows.append({"backward": backward, "cfg": (bl, bd, st, nw), "ms": ms})
+            print(f"[{elapsed()}] {'bwd' if backward else 'fwd'} cfg L{bl} D{bd} stages{st} warps{nw}: {ms:.3f} ms", flush=True)
+        ms, (bl, bd, st, nw) = min(timed)
+        triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw)
+        print(f"best {'bwd' if backward else 'fwd'}: {(bl, bd, st, nw)} {ms:.3f} ms")
+    report.append({"check": "sweep", "rows": rows, "chosen": {str(k): v for k, v in triton_ops.CONFIGS.items()}})
 
 
 def profile(out_dir):
@@ -260,7 +254,11 @@ def main():
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="time launch configs of the fused op first")
     parser.add_argument("--skip-checks", action="store_true")
-    parser.add_argument("--models", nargs="+", default=["swin_tiny_patch4_window7_224", "vmamba_tiny_s1l8", "convnext_tiny"])
+    parser.add_argument("--groups", nargs="+", default=[
+        "swin_tiny_patch4_window7_224,vmamba_tiny_s1l8,convnext_tiny,vanilla_vmamba_tiny",
+        "swin_small_patch4_window7_224,vmamba_small_s2l15,convnext_small",
+        "swin_base_patch4_window7_224,vmamba_base_s2l15,convnext_base",
+    ], help="comma-separated model lists, one table each, ratios to each list's first model")
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=50)
     args = parser.parse_args()
@@ -278,9 +276,10 @@ def main():
     if args.profile:
         profile(args.out)
     if not args.skip_throughput:
-        rows = benchmark.run(args.models, warmup=args.warmup, iters=args.iters)
-        print(benchmark.markdown(rows))
-        report.append({"check": "throughput", "rows": rows})
+        for group in args.groups:
+            rows = benchmark.run(group.split(","), warmup=args.warmup, iters=args.iters)
+            print(benchmark.markdown(rows), flush=True)
+            report.append({"check": "throughput", "rows": rows})
     benchmark.write_json_atomic(os.path.join(args.out, "gpu_check.json"), report)
     bad = [r for r in report if r.get("ok") is False]
     print(f"{len(bad)} failed checks" if bad else "all checks OK")

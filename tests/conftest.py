@@ -5,6 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # the Triton kernels run on CPU tensors in the interpreter; read when triton.jit decorates, so set it before
+    # vssm is imported. CPU code paths never pick Triton on their own ("auto" needs CUDA tensors).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 FIXTURES = Path(os.environ.get("VSSM_FIXTURES", Path(__file__).parent / "fixtures"))
 
 

@@ -166,7 +166,7 @@ def test_linear_scan_matches_loop():
 
 def test_custom_op_registration():
     inputs, _ = random_inputs(2, 2, 3, 1, 9, seed=1)
-    args = tuple(inputs[k].requires_grad_() for k in NAMES) + (True, None)
+    args = tuple(inputs[k].requires_grad_() for k in NAMES) + (True, None, "torch")
     torch.library.opcheck(torch.ops.vssm.selective_scan.default, args)
 
 

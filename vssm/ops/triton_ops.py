@@ -37,10 +37,12 @@ __all__ = [
 ]
 
 _ORDERS = {"unidi": 0, "cross2d": 1, "bidi": 2}
-# {N == 1: launch config}; measured on an H100 (benchmarks/gpu_check.py --sweep)
+# {(N == 1, backward): launch config}; measured on an H100 with benchmarks/gpu_check.py --sweep
 CONFIGS = {
-    True: dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=4),
-    False: dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
+    (True, False): dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2),
+    (True, True): dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4),
+    (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
+    (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
 
@@ -77,9 +79,9 @@ class _Scan:
     merge: bool
     softplus: bool
 
-    def config(self) -> dict:
+    def config(self, backward: bool = False) -> dict:
         """Tile sizes and launch options (BLOCK_D, BLOCK_R >= 16: tl.dot's minimum)."""
-        cfg = dict(CONFIGS[self.N == 1])
+        cfg = dict(CONFIGS[self.N == 1, backward])
         cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
         cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
         cfg["BLOCK_R"] = max(16, triton.next_power_of_2(max(self.R, 1)))
@@ -102,8 +104,9 @@ class _Scan:
 
 
 def _forward(op: _Scan, y: Optional[Tensor] = None, sy: Strides = (0,) * 5) -> Optional[Tensor]:
-    """Run the forward kernel: writes y if given, else returns the chunk-start states (batch, K, E, chunks, N)."""
-    cfg = op.config()
+    """Run the forward kernel: writes y if given, else returns the chunk-start states (batch, K, E, chunks, N) in
+    the backward's chunking."""
+    cfg = op.config(backward=y is None)
     length = op.H * op.W
     n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
     states = None
@@ -122,7 +125,7 @@ def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl
     """Run the backward kernel into du / ddl / dB / dC (dB, dC, ddl when R > 0 and du when merging are accumulated
     with atomic adds: zero-filled fp32);
     returns (dA, dD, dbias, dW) fp32."""
-    cfg = op.config()
+    cfg = op.config(backward=True)
     states = _forward(op)
     length = op.H * op.W
     f32 = dict(device=op.u.device, dtype=torch.float32)

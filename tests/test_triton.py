@@ -1,0 +1,156 @@
+"""The Triton kernels against the torch backend: on a GPU when there is one, otherwise on the CPU under
+TRITON_INTERPRET=1 (set by conftest.py before vssm is imported) with small shapes. GPU-only checks at full size are
+marked `gpu` and skip without CUDA (run them with `pytest -m gpu` on the device tool)."""
+import os
+
+import pytest
+import torch
+
+from conftest import load_fixture, requires_cuda, split_fixture
+import vssm
+from vssm.ops import cross_merge, cross_scan, selective_scan
+from vssm.ops.triton_ops import HAS_TRITON, cross_selective_scan, triton_usable
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    not (HAS_TRITON and triton_usable(torch.empty(0, device=DEV))),
+    reason="needs triton with CUDA or TRITON_INTERPRET=1",
+)
+NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+def grads(fn, leaves, dout):
+    leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
+    y = fn(*leaves)
+    y.backward(dout.to(y.dtype))
+    return y.detach(), [t.grad for t in leaves]
+
+
+def plain_inputs(batch, k, d, n, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    ch = k * d
+    t = [torch.randn(batch, ch, length, generator=g), 0.5 * torch.randn(batch, ch, length, generator=g),
+         -torch.exp(0.5 * torch.randn(ch, n, generator=g)), torch.randn(batch, k, n, length, generator=g),
+         torch.randn(batch, k, n, length, generator=g), torch.randn(ch, generator=g),
+         torch.rand(ch, generator=g) * 2.5 - 2]
+    return [x.to(DEV) for x in t], torch.randn(batch, ch, length, generator=g).to(DEV)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 3, 1, 7), (1, 4, 5, 1, 70), (2, 1, 3, 4, 33), (1, 2, 4, 2, 65)],
+                         ids=lambda s: "b{}k{}d{}n{}l{}".format(*s))
+def test_plain_kernel_matches_torch_backend(shape):
+    inputs, dout = plain_inputs(*shape, seed=sum(shape))
+    ref_y, ref_g = grads(lambda *a: selective_scan(*a, backend="torch"), [t.double() for t in inputs], dout.double())
+    y, g = grads(lambda *a: selective_scan(*a, backend="triton"), inputs, dout)
+    assert rel(y, ref_y) < 1e-5
+    for name, a, b in zip(NAMES, g, ref_g):
+        assert rel(a, b) < 1e-5, name
+
+
+def composition(u, xw, dtw, dtb, A_logs, Ds, order):
+    B, E, H, W = u.shape
+    K, _, R = dtw.shape
+    N = A_logs.shape[1]
+    xs = cross_scan(u, order)
+    dbl = torch.einsum("bkel,kce->bkcl", xs, xw)
+    dts, Bs, Cs = dbl.split([R, N, N], 2)
+    dts = torch.einsum("bkrl,ker->bkel", dts, dtw)
+    ys = selective_scan(xs.reshape(B, K * E, -1), dts.reshape(B, K * E, -1), -torch.exp(A_logs), Bs.contiguous(),
+                        Cs.contiguous(), Ds, dtb.reshape(-1), out_dtype=torch.float32, backend="torch")
+    return cross_merge(ys.view(B, K, E, -1), H, W, order)
+
+
+def fused(u, xw, dtw, dtb, A_logs, Ds, order):
+    x_dbl = torch.nn.functional.linear(u.permute(0, 2, 3, 1), xw.reshape(-1, u.shape[1])).permute(0, 3, 1, 2)
+    return cross_selective_scan(u, x_dbl, dtw, dtb, -torch.exp(A_logs), Ds, order)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(2, 5, 3, 4, 1, 2, "cross2d", False), (1, 6, 9, 8, 1, 3, "cross2d", True), (1, 4, 3, 5, 2, 2, "bidi", False),
+     (1, 3, 4, 3, 1, 2, "unidi", True)],
+    ids=["cross2d", "cross2d_channels_last_multichunk", "bidi_n2", "unidi"],
+)
+def test_fused_ss2d_matches_composition(case):
+    B, E, H, W, N, R, order, channels_last = case
+    g = torch.Generator().manual_seed(B * E * H * W)
+    u = torch.randn(B, E, H, W, generator=g)
+    if channels_last:
+        u = u.contiguous(memory_format=torch.channels_last)
+    params = [0.3 * torch.randn(4, R + 2 * N, E, generator=g), 0.5 * torch.randn(4, E, R, generator=g),
+              torch.rand(4, E, generator=g) - 1, 0.5 * torch.randn(4 * E, N, generator=g), torch.randn(4 * E, generator=g)]
+    dout = torch.randn(B, E, H, W, generator=g).to(DEV)
+    leaves = [t.to(DEV) for t in [u] + params]
+    ref_y, ref_g = grads(lambda *a: composition(*a, order), [t.double() for t in leaves], dout.double())
+    y, gr = grads(lambda *a: fused(*a, order), leaves, dout)
+    assert rel(y, ref_y) < 1e-5
+    for name, a, b in zip(("u", "x_proj", "dt_w", "dt_b", "A_logs", "D"), gr, ref_g):
+        assert rel(a, b) < 1e-5, name
+
+
+def test_model_uses_fused_path_and_matches():
+    kw = dict(dims=8, depths=[1, 1, 1, 1], ssm_d_state=1, forward_type="v05_noz", norm_layer="ln2d",
+              downsample_version="v3", patchembed_version="v2", drop_path_rate=0.0)
+    ref = vssm.build_official("vmamba", scan_backend="torch", **kw).to(DEV)
+    tri = vssm.build_official("vmamba", scan_backend="triton", **kw).to(DEV)
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 3, 36, 28, device=DEV)
+    out = []
+    for model in (ref, tri):
+        y = model(x)
+        y.square().sum().backward()
+        out.append((y.detach(), [p.grad for p in model.parameters()]))
+    assert rel(out[1][0], out[0][0]) < 1e-5
+    for a, b in zip(out[1][1], out[0][1]):
+        assert rel(a, b) < 1e-4
+
+
+def test_layer_norm_kernel():
+    x = torch.randn(2, 5, 7, 96, device=DEV, requires_grad=True)
+    w, b = (torch.randn(96, device=DEV, requires_grad=True) for _ in range(2))
+    y, _, _ = torch.ops.vssm.layer_norm(x, w, b, 1e-5, torch.float32)
+    g = torch.randn_like(y)
+    y.backward(g)
+    got = (y.detach(), x.grad, w.grad, b.grad)
+    x2, w2, b2 = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
+    y2 = torch.nn.functional.layer_norm(x2, (96,), w2, b2, 1e-5)
+    y2.backward(g)
+    for a, ref in zip(got, (y2.detach(), x2.grad, w2.grad, b2.grad)):
+        assert rel(a, ref) < 1e-5
+
+
+def test_compiles_without_graph_breaks():
+    model = vssm.build_official("vmamba", dims=8, depths=[1, 1, 1, 1], ssm_d_state=1, forward_type="v05_noz",
+                                norm_layer="ln2d", downsample_version="v3", patchembed_version="v2",
+                                scan_backend="triton").to(DEV).eval()
+    x = torch.randn(1, 3, 32, 32, device=DEV)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_gpu_vmamba_tiny_and_fixtures():
+    torch.backends.cudnn.allow_tf32 = False
+    ref = vssm.create_model("vmamba_tiny_s1l8", scan_backend="torch", drop_path_rate=0.0).cuda().eval()
+    tri = vssm.create_model("vmamba_tiny_s1l8", drop_path_rate=0.0).cuda().eval()
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        assert rel(tri(x), ref(x)) < 1e-4
+    for name in ("vmamba_v0_reduced", "vmamba_v2_s2_reduced", "vmamba_v2v_s1_reduced"):
+        meta, tensors = load_fixture(name)
+        sd, outs = split_fixture(tensors)
+        model = vssm.build_official("vmamba", **meta["constructor_args"]).cuda().eval()
+        model.load_state_dict(sd)
+        with torch.no_grad():
+            logits = model(outs["__input__"].cuda()).cpu()
+        torch.testing.assert_close(logits, outs["__logits__"], rtol=0, atol=meta["tolerance"]["atol"])
+    torch.backends.cudnn.allow_tf32 = True

@@ -1,0 +1,97 @@
+"""CPU speed of the portable scan and of the full model, side by side in one process.
+
+    PYTHONPATH=. python benchmarks/scan_cpu.py [--threads 2] [--skip-slow-reference] [--json out.json]
+
+1. selective_scan, torch backend vs the sequential reference, forward and forward+backward, at VMamba-T stage-1
+   shapes (B=1 and B=8, K=4, D=96, N=1, L=3136), fp32.
+2. vmamba_tiny_s1l8 vs timm swin_tiny_patch4_window7_224 (and convnext_tiny) forward latency at 1x3x224x224.
+Reported: median of the repeats (the reference, which takes minutes, runs once).
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import timm
+import torch
+
+import vssm
+from vssm.ops import selective_scan
+
+
+def timed(fn, repeats):
+    if repeats > 1:
+        fn()  # warm-up (the minutes-long reference runs once)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def scan_inputs(batch, K=4, D=96, N=1, L=3136):
+    g = torch.Generator().manual_seed(batch)
+    ch = K * D
+    return [
+        torch.randn(batch, ch, L, generator=g), 0.5 * torch.randn(batch, ch, L, generator=g),
+        -torch.exp(0.5 * torch.randn(ch, N, generator=g)), torch.randn(batch, K, N, L, generator=g),
+        torch.randn(batch, K, N, L, generator=g), torch.randn(ch, generator=g), torch.rand(ch, generator=g) - 1.5,
+    ]
+
+
+def scan_times(batch, backend, repeats, backward=True):
+    """(forward seconds, forward+backward seconds or None)."""
+    inputs = scan_inputs(batch)
+
+    def forward():
+        with torch.no_grad():
+            selective_scan(*inputs, backend=backend)
+
+    def forward_backward():
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+        selective_scan(*leaves, backend=backend).sum().backward()
+
+    return timed(forward, repeats), (timed(forward_backward, repeats) if backward else None)
+
+
+def model_latency(name, repeats):
+    model = vssm.create_model(name).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        return timed(lambda: model(x), repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--skip-slow-reference", action="store_true", help="skip the reference forward+backward at B=8 (minutes)")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, timm {timm.__version__}")
+    rows = []
+    print("\n| scan (B, K=4, D=96, N=1, L=3136) | torch fwd ms | reference fwd ms | speed-up | torch fwd+bwd ms | reference fwd+bwd ms | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in (1, 8):
+        t_fwd, t_fb = scan_times(batch, "torch", args.repeats)
+        r_fwd, r_fb = scan_times(batch, "reference", 1, backward=not (batch == 8 and args.skip_slow_reference))
+        rows.append(dict(batch=batch, torch_fwd=t_fwd, ref_fwd=r_fwd, torch_fwd_bwd=t_fb, ref_fwd_bwd=r_fb))
+        fb = f"{r_fb * 1e3:.0f} | {r_fb / t_fb:.0f}x" if r_fb else "skipped | -"
+        print(f"| B={batch} | {t_fwd * 1e3:.1f} | {r_fwd * 1e3:.0f} | {r_fwd / t_fwd:.0f}x | {t_fb * 1e3:.1f} | {fb} |")
+    print("\n| model, 1x3x224x224 | forward ms (median) | vs swin_tiny |")
+    print("|---|---|---|")
+    latencies = {}
+    for name in ("swin_tiny_patch4_window7_224", "vmamba_tiny_s1l8", "convnext_tiny"):
+        latencies[name] = model_latency(name, args.repeats)
+    for name, t in latencies.items():
+        print(f"| {name} | {t * 1e3:.0f} | {t / latencies['swin_tiny_patch4_window7_224']:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"scan": rows, "models_s": latencies, "threads": args.threads}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import vssm  # noqa: E402
 from vssm import benchmark  # noqa: E402
-from vssm.ops import cross_merge, cross_scan, selective_scan  # noqa: E402
+from vssm.ops import selective_scan  # noqa: E402
+from vssm.ops.ss2d_scan import ss2d_scan  # noqa: E402
 from vssm.ops.triton_ops import cross_selective_scan  # noqa: E402
 
 DEV = torch.device("cuda")
@@ -40,22 +41,11 @@ def rel(a, b):
 
 def composition(u, xw, dtw, dtb, A_logs, Ds, order="cross2d"):
     """SS2D's portable path (cross_scan + projections + torch scan + cross_merge): the reference."""
-    B, E, H, W = u.shape
-    K, _, R = dtw.shape
-    N = A_logs.shape[1]
-    xs = cross_scan(u, order)
-    dbl = torch.einsum("bkel,kce->bkcl", xs, xw)
-    dts, Bs, Cs = dbl.split([R, N, N], 2)
-    dts = torch.einsum("bkrl,ker->bkel", dts, dtw)
-    ys = selective_scan(xs.reshape(B, K * E, -1), dts.reshape(B, K * E, -1), -torch.exp(A_logs), Bs.contiguous(),
-                        Cs.contiguous(), Ds, dtb.reshape(-1), out_dtype=torch.float32, backend="torch")
-    return cross_merge(ys.view(B, K, E, -1), H, W, order)
+    return ss2d_scan(u, xw, dtw, dtb, A_logs, Ds, order, backend="torch")
 
 
 def fused(u, xw, dtw, dtb, A_logs, Ds, order="cross2d"):
-    E = u.shape[1]
-    x_dbl = torch.nn.functional.linear(u.permute(0, 2, 3, 1), xw.reshape(-1, E).to(u.dtype)).permute(0, 3, 1, 2)
-    return cross_selective_scan(u, x_dbl, dtw, dtb, -torch.exp(A_logs.float()), Ds, order)
+    return ss2d_scan(u, xw.to(u.dtype), dtw, dtb, A_logs, Ds, order, backend="triton")
 
 
 def grads_of(fn, leaves, dout):

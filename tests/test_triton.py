@@ -8,8 +8,9 @@ import torch
 
 from conftest import load_fixture, requires_cuda, split_fixture
 import vssm
-from vssm.ops import cross_merge, cross_scan, selective_scan
-from vssm.ops.triton_ops import HAS_TRITON, cross_selective_scan, triton_usable
+from vssm.ops import selective_scan
+from vssm.ops.ss2d_scan import ss2d_scan
+from vssm.ops.triton_ops import HAS_TRITON, triton_usable
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.skipif(
@@ -51,22 +52,12 @@ def test_plain_kernel_matches_torch_backend(shape):
         assert rel(a, b) < 1e-5, name
 
 
-def composition(u, xw, dtw, dtb, A_logs, Ds, order):
-    B, E, H, W = u.shape
-    K, _, R = dtw.shape
-    N = A_logs.shape[1]
-    xs = cross_scan(u, order)
-    dbl = torch.einsum("bkel,kce->bkcl", xs, xw)
-    dts, Bs, Cs = dbl.split([R, N, N], 2)
-    dts = torch.einsum("bkrl,ker->bkel", dts, dtw)
-    ys = selective_scan(xs.reshape(B, K * E, -1), dts.reshape(B, K * E, -1), -torch.exp(A_logs), Bs.contiguous(),
-                        Cs.contiguous(), Ds, dtb.reshape(-1), out_dtype=torch.float32, backend="torch")
-    return cross_merge(ys.view(B, K, E, -1), H, W, order)
+def composition(*args):
+    return ss2d_scan(*args[:6], order=args[6], backend="torch")
 
 
-def fused(u, xw, dtw, dtb, A_logs, Ds, order):
-    x_dbl = torch.nn.functional.linear(u.permute(0, 2, 3, 1), xw.reshape(-1, u.shape[1])).permute(0, 3, 1, 2)
-    return cross_selective_scan(u, x_dbl, dtw, dtb, -torch.exp(A_logs), Ds, order)
+def fused(*args):
+    return ss2d_scan(*args[:6], order=args[6], backend="triton")
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.scan_orders import cascade_merge, cascade_scan, cross_merge, cross_scan
-from ..ops.selective_scan import selective_scan
-from ..ops.triton_ops import cross_selective_scan, triton_usable
+from ..ops.scan_orders import cascade_merge, cascade_scan
+from ..ops.ss2d_scan import scan_unrolled, ss2d_scan
 from .common import LN_EPS, LayerNorm2d, Permute, make_act, make_linear, make_norm
 
 __all__ = ["SS2D", "SS2DVariant", "parse_forward_type"]
@@ -233,54 +232,26 @@ class SS2D(nn.Module):
             raise ValueError(f"ssm_init must be 'v0', 'v1' or 'v2', got {initialize!r}")
 
     def scan_sequences(self, xs: Tensor, directions: slice = slice(None)) -> Tensor:
-        """Selective scan of unrolled sequences with the parameters of the given directions.
-
-        xs: (B, K', E, L) with K' the number of directions in ``directions``. Returns float32 (B, K', E, L).
-        """
-        batch, k, e, length = xs.shape
+        """Selective scan of unrolled sequences xs (B, K', E, L) with the parameters of the given directions;
+        returns float32 (B, K', E, L)."""
+        e = self.d_inner
         rows = slice((directions.start or 0) * e, (directions.stop or K_DIRECTIONS) * e)
-        x_dbl = torch.einsum("bkel,kce->bkcl", xs, self.x_proj_weight[directions])
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,ker->bkel", dts, self.dt_projs_weight[directions])
-        if self.variant.force_fp32:
-            xs, dts, Bs, Cs = xs.float(), dts.float(), Bs.float(), Cs.float()
-        ys = selective_scan(
-            xs.reshape(batch, k * e, length),
-            dts.reshape(batch, k * e, length),
-            -torch.exp(self.A_logs[rows].float()),
-            Bs.contiguous(),
-            Cs.contiguous(),
-            self.Ds[rows].float(),
-            self.dt_projs_bias[directions].float().reshape(-1),
-            delta_softplus=True,
-            out_dtype=torch.float32,
-            backend=self.scan_backend,
-        )
-        return ys.view(batch, k, e, length)
-
-    def _use_fused(self, x: Tensor) -> bool:
-        wanted = self.scan_backend == "triton" or (self.scan_backend == "auto" and x.is_cuda)
-        return wanted and self.variant.scan_order != "cascade" and triton_usable(x)
+        return scan_unrolled(xs, self.x_proj_weight[directions], self.dt_projs_weight[directions],
+                             self.dt_projs_bias[directions], self.A_logs[rows], self.Ds[rows],
+                             self.variant.force_fp32, self.scan_backend)
 
     def ssm(self, x: Tensor) -> Tensor:
         """The scan core on the conv output (B, E, H, W); returns the merged (B, E, H, W) in float32."""
         order = self.variant.scan_order
-        if self._use_fused(x):
-            # x_proj is per pixel, so it is applied in the pixel domain once for all directions; the kernel reads
-            # each direction's order from memory and sums the directions back (no (B, K, E, L) tensor)
-            weight = self.x_proj_weight.reshape(-1, self.d_inner)
-            x_dbl = F.linear(x.permute(0, 2, 3, 1), weight).permute(0, 3, 1, 2)  # a GEMM; (B, K*(R+2N), H, W)
-            A = -torch.exp(self.A_logs.float())
-            return cross_selective_scan(x, x_dbl, self.dt_projs_weight, self.dt_projs_bias, A, self.Ds, order)
-        batch, _, height, width = x.shape
-        if order == "cascade":
-            # rows (directions 0, 1) then columns (directions 2, 3), each on a channel-normalised map
-            x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), eps=LN_EPS).permute(0, 3, 1, 2)
-            y = cascade_merge(self.scan_sequences(cascade_scan(x, "rows"), slice(0, 2)), batch, "rows")
-            y = F.layer_norm(y.permute(0, 2, 3, 1), (y.shape[1],), eps=LN_EPS).permute(0, 3, 1, 2)
-            return cascade_merge(self.scan_sequences(cascade_scan(y, "cols"), slice(2, 4)), batch, "cols")
-        ys = self.scan_sequences(cross_scan(x, order))
-        return cross_merge(ys, height, width, order)
+        if order != "cascade":
+            return ss2d_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+                             order, self.variant.force_fp32, self.scan_backend)
+        # rows (directions 0, 1) then columns (directions 2, 3), each on a channel-normalised map
+        batch = x.shape[0]
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), eps=LN_EPS).permute(0, 3, 1, 2)
+        y = cascade_merge(self.scan_sequences(cascade_scan(x, "rows"), slice(0, 2)), batch, "rows")
+        y = F.layer_norm(y.permute(0, 2, 3, 1), (y.shape[1],), eps=LN_EPS).permute(0, 3, 1, 2)
+        return cascade_merge(self.scan_sequences(cascade_scan(y, "cols"), slice(2, 4)), batch, "cols")
 
     def forward(self, x: Tensor) -> Tensor:
         channel_dim = 1 if self.channel_first else -1

@@ -55,10 +55,10 @@ def grads_of(fn, leaves, dout):
     return y.detach(), [t.grad for t in leaves]
 
 
-def check_fused(report):
+def check_fused(report, limit_shapes=None):
     shapes = [  # (B, E, H, W, N, R): s1l8 stage 1 and 3, v0 stage 1 (N=16), a non-square odd map
-        (8, 96, 56, 56, 1, 6), (8, 384, 14, 14, 1, 24), (2, 192, 56, 56, 16, 6), (4, 64, 33, 47, 1, 4),
-    ]
+        (8, 96, 56, 56, 1, 6), (4, 64, 33, 47, 1, 4), (8, 384, 14, 14, 1, 24), (2, 192, 56, 56, 16, 6),
+    ][:limit_shapes]
     g = torch.Generator(device=DEV).manual_seed(int(time.time()))
     for B, E, H, W, N, R in shapes:
         K = 4
@@ -203,21 +203,24 @@ def sweep(report):
     Dv = torch.randn(K * E, device=DEV)
     dy = torch.randn(B, E, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
     rows = []
-    for backward, configs in ((False, [(64, 32, 2, 2), (128, 32, 2, 4), (32, 32, 2, 2)]),
-                              (True, [(32, 32, 2, 4), (32, 16, 2, 4), (16, 32, 2, 4), (64, 32, 2, 2), (32, 32, 1, 4), (16, 16, 2, 2)])):
+    for backward, configs in ((False, [(64, 32, 2, 2, 1 << 30), (64, 32, 2, 2, 1), (64, 32, 2, 2, 2), (64, 32, 2, 2, 4),
+                                       (64, 32, 2, 2, 8), (32, 32, 2, 2, 2), (128, 32, 2, 4, 1), (32, 32, 2, 4, 4)]),
+                              (True, [(32, 32, 2, 4, 0), (16, 32, 2, 4, 0), (64, 32, 2, 2, 0)])):
         timed = []
-        for bl, bd, st, nw in configs:
-            triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw)
+        for bl, bd, st, nw, cpp in configs:
+            triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw,
+                                                      **({} if backward else {"CPP": cpp}))
             if backward:
                 ms = 1e3 * time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d"), iters=5, warmup=1)
             else:
                 ms = 1e3 * time_cuda(lambda: cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv), iters=10, warmup=2)
-            timed.append((ms, (bl, bd, st, nw)))
-            rows.append({"backward": backward, "cfg": (bl, bd, st, nw), "ms": ms})
-            print(f"[{elapsed()}] {'bwd' if backward else 'fwd'} cfg L{bl} D{bd} stages{st} warps{nw}: {ms:.3f} ms", flush=True)
-        ms, (bl, bd, st, nw) = min(timed)
-        triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw)
-        print(f"best {'bwd' if backward else 'fwd'}: {(bl, bd, st, nw)} {ms:.3f} ms")
+            timed.append((ms, (bl, bd, st, nw, cpp)))
+            rows.append({"backward": backward, "cfg": (bl, bd, st, nw, cpp), "ms": ms})
+            print(f"[{elapsed()}] {'bwd' if backward else 'fwd'} cfg L{bl} D{bd} stages{st} warps{nw} cpp{cpp}: {ms:.3f} ms", flush=True)
+        ms, (bl, bd, st, nw, cpp) = min(timed)
+        triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw,
+                                                  **({} if backward else {"CPP": cpp}))
+        print(f"best {'bwd' if backward else 'fwd'}: {(bl, bd, st, nw, cpp)} {ms:.3f} ms")
     report.append({"check": "sweep", "rows": rows, "chosen": {str(k): v for k, v in triton_ops.CONFIGS.items()}})
 
 
@@ -244,6 +247,8 @@ def main():
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sweep", action="store_true", help="time launch configs of the fused op first")
     parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--fused-only", type=int, default=None, metavar="N",
+                        help="checks: only the first N fused-op shapes (after the sweep's choice)")
     parser.add_argument("--groups", nargs="+", default=[
         "swin_tiny_patch4_window7_224,vmamba_tiny_s1l8,convnext_tiny,vanilla_vmamba_tiny",
         "swin_small_patch4_window7_224,vmamba_small_s2l15,convnext_small",
@@ -258,9 +263,10 @@ def main():
         sweep(report)
     if not args.skip_checks:
         torch.backends.cudnn.allow_tf32 = False  # exact fp32 for the correctness checks; timings use the defaults
-        check_fused(report)
-        check_plain(report)
-        check_models(report)
+        check_fused(report, args.fused_only)
+        if args.fused_only is None:
+            check_plain(report)
+            check_models(report)
         torch.backends.cudnn.allow_tf32 = True
     bandwidth(report)
     if args.profile:

@@ -145,3 +145,17 @@ def test_gpu_vmamba_tiny_and_fixtures():
             logits = model(outs["__input__"].cuda()).cpu()
         torch.testing.assert_close(logits, outs["__logits__"], rtol=0, atol=meta["tolerance"]["atol"])
     torch.backends.cudnn.allow_tf32 = True
+
+
+def test_split_sequences_match(monkeypatch):
+    """Short chunks and one chunk per program: the run summaries / start-state chaining give the same results."""
+    from vssm.ops import triton_ops
+
+    configs = {key: dict(cfg) for key, cfg in triton_ops.CONFIGS.items()}
+    for key in configs:
+        configs[key]["BLOCK_L"] = 16
+        if not key[1]:
+            configs[key]["CPP"] = 1
+    monkeypatch.setattr(triton_ops, "CONFIGS", configs)
+    test_fused_ss2d_matches_composition((1, 6, 9, 8, 1, 3, "cross2d", True))
+    test_plain_kernel_matches_torch_backend((1, 4, 5, 1, 70))

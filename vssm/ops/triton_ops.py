@@ -38,10 +38,11 @@ __all__ = [
 
 _ORDERS = {"unidi": 0, "cross2d": 1, "bidi": 2}
 # {(N == 1, backward): launch config}; measured on an H100 with benchmarks/gpu_check.py --sweep
+# CPP: chunks per program in the forward (a sequence longer than that is split into runs scanned in parallel)
 CONFIGS = {
-    (True, False): dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2),
+    (True, False): dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2, CPP=1 << 30),
     (True, True): dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4),
-    (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
+    (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, CPP=1 << 30),
     (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
@@ -85,10 +86,12 @@ class _Scan:
         cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
         cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
         cfg["BLOCK_R"] = max(16, triton.next_power_of_2(max(self.R, 1)))
+        if backward:
+            cfg.pop("CPP", None)
         return cfg
 
-    def grid(self, block_d: int) -> Tuple[int, int]:
-        return self.batch * triton.cdiv(self.E, block_d), self.K
+    def grid(self, block_d: int, runs: int = 1) -> Tuple[int, int, int]:
+        return self.batch * triton.cdiv(self.E, block_d), self.K, runs
 
     def common(self):
         # pointers of absent operands are never read (HAS_* flags); any tensor fills the slot
@@ -103,21 +106,41 @@ class _Scan:
                     HAS_D=self.D is not None, HAS_BIAS=self.bias is not None)
 
 
-def _forward(op: _Scan, y: Optional[Tensor] = None, sy: Strides = (0,) * 5) -> Optional[Tensor]:
-    """Run the forward kernel: writes y if given, else returns the chunk-start states (batch, K, E, chunks, N) in
-    the backward's chunking."""
-    cfg = op.config(backward=y is None)
+def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]:
+    """Start state (batch, K, E, runs, N) of every run of ``chunks_per_run`` chunks: the runs are scanned from zero in
+    parallel (their log-decay and end state kept), then chained by a short sequential pass."""
     length = op.H * op.W
     n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
-    states = None
-    if y is None:
-        states = torch.empty((op.batch, op.K, op.E, n_chunks, op.N), device=op.u.device, dtype=torch.float32)
-    kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"])](
-        *op.common(), y if y is not None else states, states if states is not None else op.A,
-        op.E, op.H, op.W, length, n_chunks, op.R, *op.su, *op.sdl, *op.sb, *op.sc, *sy,
-        **op.flags(), SAVE=y is None, STORE_Y=y is not None, **cfg,
+    runs = triton.cdiv(n_chunks, chunks_per_run)
+    shape = (op.batch, op.K, op.E, runs, op.N)
+    f32 = dict(device=op.u.device, dtype=torch.float32)
+    log_decay, end, states = torch.empty(shape, **f32), torch.empty(shape, **f32), torch.empty(shape, **f32)
+    kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
+        *op.common(), op.A, op.A, log_decay, end, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
+        *op.su, *op.sdl, *op.sb, *op.sc, 0, 0, 0, 0, 0,
+        **op.flags(), LOAD_STATE=False, SUMMARY=True, STORE_Y=False, **cfg,
     )
-    return states
+    kernels._run_starts_kernel[op.grid(cfg["BLOCK_D"])[:2]](
+        log_decay, end, states, op.E, runs, K=op.K, N=op.N, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
+    )
+    return states, runs
+
+
+def _forward(op: _Scan, y: Tensor, sy: Strides) -> None:
+    """Run the forward kernel into y (zero-filled fp32 when merging: the directions add into it)."""
+    cfg = op.config()
+    chunks_per_run = cfg.pop("CPP")
+    length = op.H * op.W
+    n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
+    if chunks_per_run >= n_chunks:
+        states, runs = op.A, 1
+    else:
+        states, runs = _run_starts(op, cfg, chunks_per_run)
+    kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
+        *op.common(), y, states, op.A, op.A, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
+        *op.su, *op.sdl, *op.sb, *op.sc, *sy,
+        **op.flags(), LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, **cfg,
+    )
 
 
 def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl: Tensor, sddl: Strides,
@@ -126,7 +149,7 @@ def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl
     with atomic adds: zero-filled fp32);
     returns (dA, dD, dbias, dW) fp32."""
     cfg = op.config(backward=True)
-    states = _forward(op)
+    states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
     length = op.H * op.W
     f32 = dict(device=op.u.device, dtype=torch.float32)
     dA = torch.zeros((op.K * op.E, op.N), **f32)

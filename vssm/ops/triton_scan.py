@@ -102,28 +102,43 @@ def _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d,
 _SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK", "R"]  # one compiled kernel serves every stage / image size
 
 
-@triton.jit(do_not_specialize=_SHAPE_ARGS)
+@triton.jit(do_not_specialize=_SHAPE_ARGS + ["CPP", "NPROG"])
 def _scan_fwd_kernel(
-    u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr,
-    E, H, W, L, NCHUNK, R,
+    u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr, logp_ptr, send_ptr,
+    E, H, W, L, NCHUNK, R, CPP, NPROG,
     su_b, su_k, su_d, su_h, su_w,
     sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
     sc_b, sc_k, sc_n, sc_h, sc_w,
     sy_b, sy_k, sy_d, sy_h, sy_w,
     K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, STORE_Y: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, LOAD_STATE: tl.constexpr,
+    SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
+    """Program (batch x channel block, direction k, run p) scans chunks [p*CPP, (p+1)*CPP) of its sequence.
+
+    With one run per sequence (NPROG == 1) that is the whole scan. With several, a first launch (SUMMARY) stores
+    each run's total log-decay and end state from a zero start, `_run_starts_kernel` chains them into each run's
+    start state, and a second launch (LOAD_STATE) recomputes the runs from there: the sequential chain shrinks
+    from NCHUNK chunks to CPP chunks plus a cheap pass over the runs.
+    """
     b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R)
+    run = tl.program_id(2)
     mask_n = offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     column_major, reverse = _direction(k, ORDER)
     A, w_t, bias, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
                                          DT_PROJ, HAS_BIAS, HAS_D)
-    h_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    for c in tl.range(0, NCHUNK, num_stages=NUM_STAGES):
+    run_offs = (((b * K + k) * E + offs_d[None, :]) * NPROG + run) * N + offs_n[:, None]
+    if LOAD_STATE:
+        h_carry = tl.load(st_ptr + run_offs, mask=mask_nd, other=0.0)
+    else:
+        h_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    log_decay = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for c in tl.range(run * CPP, tl.minimum(run * CPP + CPP, NCHUNK), num_stages=NUM_STAGES):
         pos = c * BLOCK_L + offs_l
         mask_l = pos < L
         mask_ld = mask_l[:, None] & mask_d[None, :]
@@ -136,12 +151,12 @@ def _scan_fwd_kernel(
         dt = _softplus(z) if SOFTPLUS else z
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n,
                      mask=mask_ln, other=0.0).to(tl.float32)
-        decay = tl.where(mask_l[:, None, None], tl.exp(dt[:, None, :] * A[None, :, :]), 1.0)  # padding passes h on
+        dA = tl.where(mask_l[:, None, None], dt[:, None, :] * A[None, :, :], 0.0)  # padding passes h on
+        decay = tl.exp(dA)
         x = (dt * u)[:, None, :] * Bv[:, :, None]
         decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
-        if SAVE:
-            st = st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None]
-            tl.store(st, h_carry, mask=mask_n[:, None] & mask_d[None, :])
+        if SUMMARY:
+            log_decay += tl.sum(dA, axis=0)
         h = h + decay_prod * h_carry[None, :, :]
         h_carry = tl.sum(tl.where((offs_l == BLOCK_L - 1)[:, None, None], h, 0.0), axis=0)
         if STORE_Y:
@@ -155,6 +170,27 @@ def _scan_fwd_kernel(
                 tl.atomic_add(y_ptrs, y, mask=mask_ld, sem="relaxed")
             else:
                 tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_ld)
+    if SUMMARY:
+        tl.store(logp_ptr + run_offs, log_decay, mask=mask_nd)
+        tl.store(send_ptr + run_offs, h_carry, mask=mask_nd)
+
+
+@triton.jit(do_not_specialize=["E", "NPROG"])
+def _run_starts_kernel(logp_ptr, send_ptr, st_ptr, E, NPROG, K: tl.constexpr, N: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Start state of every run from the runs' (log-decay, end state from zero): h <- exp(log_decay) h + end."""
+    pid = tl.program_id(0)
+    n_dblk = tl.cdiv(E, BLOCK_D)
+    b = (pid // n_dblk).to(tl.int64)
+    k = tl.program_id(1)
+    offs_d = (pid % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask = (offs_n < N)[:, None] & (offs_d < E)[None, :]
+    base = ((b * K + k) * E + offs_d[None, :]) * NPROG * N + offs_n[:, None]
+    h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for p in range(NPROG):
+        tl.store(st_ptr + base + p * N, h, mask=mask)
+        h = tl.exp(tl.load(logp_ptr + base + p * N, mask=mask, other=0.0)) * h + tl.load(send_ptr + base + p * N, mask=mask, other=0.0)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)

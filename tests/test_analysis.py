@@ -106,8 +106,11 @@ def test_timm_peer_and_other_size():
     assert small.input_size == (3, 160, 96) and small.macs > 0
 
 
-def test_flops_cli_json(capsys):
-    assert cli(["flops", "--model", "vmamba_tiny_s1l8", "--model-kwargs", TINY, "--size", "96", "64", "--json"]) == 0
+def test_flops_cli_json_and_png(capsys, tmp_path):
+    out = tmp_path / "flops.png"
+    args = ["flops", "--model", "vmamba_tiny_s1l8", "--model-kwargs", TINY, "--size", "96", "64", "--json", "--out", str(out)]
+    assert cli(args) == 0
+    assert_png(out)
     out = json.loads(capsys.readouterr().out)
     expected = model_flops("vmamba_tiny_s1l8", (96, 64), **json.loads(TINY))
     assert out == {"model": "vmamba_tiny_s1l8", "params": expected.params, "gflops": round(expected.gflops, 6),

@@ -404,7 +404,7 @@ def _find_attention(model: nn.Module, stage: int, block: int) -> Tuple[nn.Module
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="vmamba_tiny_s1l8", help="a VMamba model, or a timm Swin / ViT")
     add_model_kwargs_argument(parser)
-    parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--checkpoint", default=None, help="official or vssm checkpoint (default: random init)")
     parser.add_argument("--image", default="fashion-mnist",
                         help="an image file, or 'fashion-mnist' (a test image; pick it with --index)")
     parser.add_argument("--index", type=int, default=0, help="which Fashion-MNIST test image")
@@ -534,9 +534,13 @@ def _main_ssm(args, model, layer, x, shown, summary) -> int:
     stage_layers = [find_ss2d(model, args.stage, b) for b in range(args.block + 1)] if args.rollout else [layer]
     with torch.no_grad(), capture_scans(stage_layers) as records:
         model(x)
+    from ..layers.ss2d import SS2D
+
     call = records[layer][0]
-    if call.order not in ("cross2d", "unidi", "bidi"):
-        print(f"vssm attnmap: scan order {call.order!r} is not a 2-D unrolling this tool can map back", file=sys.stderr)
+    if not isinstance(layer, SS2D) or call.order not in ("cross2d", "unidi", "bidi") or len(records[layer]) != 1:
+        print(f"vssm attnmap: {type(layer).__name__} (scan order {call.order!r}, {len(records[layer])} scan call(s)) is "
+              f"not a single 2-D unrolling this tool can map back; supported: VMamba's SS2D with the cross2d, unidi "
+              f"or bidi orders", file=sys.stderr)
         return 2
     h, w = call.height, call.width
     qy, qx = _query_cell(args.query, h, w)
@@ -557,12 +561,17 @@ def _main_ssm(args, model, layer, x, shown, summary) -> int:
     files = ["activation.png"]
     if h * w <= MAX_FULL_LENGTH:
         k = args.direction
-        scan_m, pixel_m, err = pixel_matrix(call, k, mode=args.mode)
-        _matrix_figure([(f"direction {k}, scan order (causal)", scan_m), (f"direction {k}, pixel order", pixel_m)],
-                       f"{name}: {args.mode} matrix, channel mean; |MV + Du - y| / |y| = {err:.1e}",
+        total, errs, scan_m = None, [], None
+        for j in range(call.groups):
+            scan_j, pix, e = pixel_matrix(call, j, mode=args.mode)
+            scan_m = scan_j if j == k else scan_m
+            errs.append(e)
+            total = pix if total is None else total + pix
+        _matrix_figure([(f"direction {k}, scan order (causal)", scan_m), ("4 directions summed, pixel order", total)],
+                       f"{name}: {args.mode} matrix, channel mean; max |MV + Du - y| / max |y| = {max(errs):.1e}",
                        os.path.join(args.out, f"matrix_k{k}.png"), args.display)
         files.append(f"matrix_k{k}.png")
-        summary["matrix_relative_error"] = err
+        summary["matrix_relative_error"] = max(errs)
     summary["files"] = files
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "checkpoint_info",
+    "checkpoint_model_kwargs",
     "create_analysis_model",
     "model_input_size",
     "model_mean_std",
@@ -96,6 +97,22 @@ def checkpoint_info(path: str) -> dict:
         return {}
 
 
+def checkpoint_model_kwargs(name: str, checkpoint: str, info: Optional[dict] = None) -> dict:
+    """The constructor arguments ``name`` needs for ``checkpoint``: the model_kwargs / num_classes / in_chans a vssm
+    checkpoint records, else num_classes and in_chans read from the head and stem weights."""
+    import timm
+
+    info = checkpoint_info(checkpoint) if info is None else info
+    recorded = dict(info.get("model_kwargs") or {})
+    for field_name in ("num_classes", "in_chans"):
+        if info.get(field_name) is not None:
+            recorded[field_name] = info[field_name]
+    with torch.device("meta"):
+        probe = timm.create_model(name, **recorded)
+    cfg = getattr(probe, "pretrained_cfg", {}) or {}
+    return {**_checkpoint_shapes(checkpoint, cfg.get("classifier"), cfg.get("first_conv")), **recorded}
+
+
 def create_analysis_model(
     name: str,
     checkpoint: Optional[str] = None,
@@ -117,21 +134,10 @@ def create_analysis_model(
 
     from ..checkpoint import load_checkpoint
 
-    info: dict = {}
-    key = "auto"
+    info = checkpoint_info(checkpoint) if checkpoint is not None else {}
+    key = ("model_ema" if info.get("has_ema") else "model") if info.get("kind") == "training" else "auto"
     if checkpoint is not None:
-        info = checkpoint_info(checkpoint)
-        recorded = dict(info.get("model_kwargs") or {})
-        for field_name in ("num_classes", "in_chans"):
-            if info.get(field_name) is not None:
-                recorded[field_name] = info[field_name]
-        if info.get("kind") == "training":
-            key = "model_ema" if info.get("has_ema") else "model"
-        with torch.device("meta"):
-            probe = timm.create_model(name, **{**recorded, **kwargs})
-        cfg = getattr(probe, "pretrained_cfg", {}) or {}
-        shapes = _checkpoint_shapes(checkpoint, cfg.get("classifier"), cfg.get("first_conv"))
-        kwargs = {**shapes, **recorded, **kwargs}
+        kwargs = {**checkpoint_model_kwargs(name, checkpoint, info), **kwargs}
     if img_size is not None and _accepts_img_size(name):
         kwargs.setdefault("img_size", tuple(img_size))
     try:

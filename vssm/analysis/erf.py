@@ -147,7 +147,7 @@ def plot_erfs(results: Sequence[ErfResult], path: str, scale: str = "power", tit
         ax.set_title(result.label, fontsize=9)
         ratio = area_ratios(data, (0.5,))[0.5]
         if ratio is not None:
-            ax.set_xlabel(f"50% of the mass in the central {ratio[0]}px square", fontsize=8)
+            ax.set_xlabel(f"half the mass within the central {ratio[0]} px", fontsize=8)
     rule = "m^0.2 / max (official VMamba)" if scale == "power" else "log10(m+1) / max (RepLKNet)"
     fig.suptitle(title or f"effective receptive field, {results[0].grad_map.shape[0]}x{results[0].grad_map.shape[1]} "
                  f"input, {results[0].images_used} images; scale {rule}", fontsize=9)
@@ -164,6 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_kwargs_argument(parser)
     parser.add_argument("--checkpoint", nargs="+", default=None,
                         help="one per model, '-' for random init (default: all random init)")
+    parser.add_argument("--labels", nargs="+", default=None, help="panel titles, one per model (default: the "
+                                                                  "model name and checkpoint file)")
     parser.add_argument("--data", default="fashion-mnist",
                         help="'fashion-mnist' (test split) or an image file / folder (e.g. ImageNet val)")
     parser.add_argument("--images", type=int, default=50, help="number of images (official: 50)")
@@ -181,9 +183,12 @@ def main(args: argparse.Namespace) -> int:
     if len(checkpoints) != len(args.model):
         print("vssm erf: give one --checkpoint per --model ('-' for random init)", file=sys.stderr)
         return 2
+    if args.labels is not None and len(args.labels) != len(args.model):
+        print("vssm erf: give one --labels entry per --model", file=sys.stderr)
+        return 2
     size = (args.size, args.size)
     results: List[ErfResult] = []
-    for name, ckpt in zip(args.model, checkpoints):
+    for index, (name, ckpt) in enumerate(zip(args.model, checkpoints)):
         ckpt = None if ckpt in ("-", "none", "") else ckpt
         torch.manual_seed(args.seed)
         model = create_analysis_model(name, checkpoint=ckpt, img_size=size, device=args.device, **args.model_kwargs)
@@ -199,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
 
         result = effective_receptive_field(feature_map_fn(model), images, progress)
         print(file=sys.stderr)
-        result.label = model_label(name, ckpt)
+        result.label = args.labels[index].replace("\\n", "\n") if args.labels else model_label(name, ckpt)
         results.append(result)
         ratios = area_ratios(normalize_erf(result.grad_map, args.scale))
         shown = ", ".join(f"t={t}: " + (f"{r[0]}px ({100 * r[1]:.1f}%)" if r else "-") for t, r in ratios.items())

@@ -41,7 +41,7 @@ from ..ops import flops as _scan_flops  # noqa: F401  (registers the scan's form
 from ..ops.flops import FLOPS_PER_MAC
 from .common import add_model_kwargs_argument, create_analysis_model, model_input_size, parse_size
 
-__all__ = ["FlopCount", "count_flops", "count_params", "model_flops", "OFFICIAL", "add_arguments", "main"]
+__all__ = ["FlopCount", "count_flops", "count_params", "model_flops", "plot_flops", "OFFICIAL", "add_arguments", "main"]
 
 # The official numbers (spec/vmamba.md §0; analyze/tp.py of the official repo; tests/fixtures/keys/*.json):
 # name -> (parameters, GFLOPs at 1x3x224x224 with the head, fvcore convention).
@@ -314,6 +314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", nargs="*", default=[], help="timm models added to --table")
     parser.add_argument("--json", action="store_true", help='print {"model", "params", "gflops", "input"}')
     parser.add_argument("--breakdown", action="store_true", help="also print the GFLOPs per kind of op")
+    parser.add_argument("--out", default=None, metavar="PNG",
+                        help="also draw the GFLOPs (stacked by kind of op) and parameters of the models as a PNG")
     parser.epilog = (
         "GFLOPs follow the official convention (fvcore's): one multiply-add counts as one FLOP, i.e. GFLOPs = GMACs "
         "= half of torch.utils.flop_counter's count."
@@ -337,6 +339,33 @@ def _print_table(rows: List[List[str]], header: List[str]) -> None:
         print(line(r))
 
 
+def plot_flops(results: Sequence[Tuple[str, FlopCount]], path: str) -> str:
+    """Horizontal bars: GFLOPs per model stacked by kind of op, and parameters (millions)."""
+    from .common import pyplot, save_figure
+
+    plt = pyplot()
+    names = [n for n, _ in results]
+    kinds = sorted({k for _, r in results for k in r.macs_by_op}, key=lambda k: -sum(r.macs_by_op.get(k, 0) for _, r in results))
+    height = 0.6 + 0.32 * len(results)
+    fig, (ax_f, ax_p) = plt.subplots(1, 2, figsize=(11, height + 1.2), sharey=True,
+                                     gridspec_kw={"width_ratios": [3, 1]})
+    left = [0.0] * len(results)
+    for kind in kinds:
+        values = [r.macs_by_op.get(kind, 0) / 1e9 for _, r in results]
+        ax_f.barh(names, values, left=left, label=kind)
+        left = [a + b for a, b in zip(left, values)]
+    for y, total in enumerate(left):
+        ax_f.text(total, y, f" {total:.2f}", va="center", fontsize=7)
+    c, h, w = results[0][1].input_size
+    ax_f.set_xlabel(f"GFLOPs at {c}x{h}x{w} (1 multiply-add = 1 FLOP, the official convention)")
+    ax_f.legend(fontsize=7, loc="lower right")
+    ax_f.invert_yaxis()
+    ax_f.tick_params(axis="y", labelsize=7)
+    ax_p.barh(names, [r.params / 1e6 for _, r in results], color="gray")
+    ax_p.set_xlabel("parameters (M)")
+    return save_figure(fig, path)
+
+
 def main(args: argparse.Namespace) -> int:
     from .._registry import list_models
 
@@ -352,6 +381,8 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"vssm flops: {err}", file=sys.stderr)
             return 2
+    if args.out:
+        plot_flops(results, args.out)
     if args.json:
         payload = [
             {"model": n, "params": r.params, "gflops": round(r.gflops, 6), "input": list(r.input_size)}
@@ -368,4 +399,6 @@ def main(args: argparse.Namespace) -> int:
         for name, r in results:
             parts = ", ".join(f"{op} {macs / 1e9:.4f}" for op, macs in sorted(r.macs_by_op.items(), key=lambda kv: -kv[1]))
             print(f"{name}: {parts}")
+    if args.out:
+        print(f"wrote {args.out}")
     return 0

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .common import (
     add_model_kwargs_argument,
+    checkpoint_model_kwargs,
     create_analysis_model,
     image_files,
     model_input_size,
@@ -210,8 +211,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     ckpt_of = {m: (None if c in ("-", "none", "") else c) for m, c in zip(args.model, checkpoints)}
     kwargs_of = lambda name: args.model_kwargs if name in args.model else {}  # noqa: E731
+    flops_kwargs = {m: dict(checkpoint_model_kwargs(m, ckpt_of[m]) if ckpt_of[m] else {}, **args.model_kwargs)
+                    for m in args.model}
     try:
-        points = scale_table(models, args.sizes, {m: args.model_kwargs for m in args.model})
+        points = scale_table(models, args.sizes, flops_kwargs)
     except ValueError as err:
         print(f"vssm scale: {err}", file=sys.stderr)
         return 2
@@ -240,7 +243,7 @@ def main(args: argparse.Namespace) -> int:
             p.top1 = evaluate_accuracy(model, args.data, p.size, args.batch_size, args.limit, args.device)
             print(f"{p.model} {p.size}px: top-1 {p.top1:.2f}%", file=sys.stderr)
     _print_points(points)
-    device = torch.cuda.get_device_name() if gpu else "no GPU: FLOPs only"
+    device = f"throughput on {torch.cuda.get_device_name()}" if gpu else "no GPU: no throughput / memory"
     plot_scaling(points, args.out, f"resolution scaling ({device})")
     table = args.out.rsplit(".", 1)[0] + ".json"
     with open(table, "w") as f:

@@ -549,6 +549,9 @@ def _main_ssm(args, model, layer, x, shown, summary) -> int:
                     "channels_per_direction": int(call.u.shape[1] // call.groups),
                     "relative_error_per_direction": errors})
     panels = [(f"direction {k}", m) for k, m in enumerate(maps)] + [("all (sum)", np.sum(maps, axis=0))]
+    if args.rollout and h * w > MAX_FULL_LENGTH:
+        print(f"vssm attnmap: no rollout: it needs full {h * w}x{h * w} matrices (at most L = {MAX_FULL_LENGTH}); "
+              f"use a smaller image or a later stage", file=sys.stderr)
     if args.rollout and h * w <= MAX_FULL_LENGTH:
         mats = []
         for blk_layer in stage_layers:

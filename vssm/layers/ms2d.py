@@ -39,6 +39,7 @@ from torch import Tensor
 
 from ..ops.ms_scan import MS_FULL_RES, MS_LOW_RES, direction_merge, direction_scan
 from ..ops.selective_scan import selective_scan
+from ..ops.layer_norm import autocast_enabled
 from .common import LN_EPS, Mlp, GatedMlp, make_act, make_linear, make_norm
 
 __all__ = ["MS2D", "MS2DVariant", "ms2d_variant", "SEModule", "ConvFFN", "MSVSSBlock"]
@@ -245,7 +246,7 @@ class MS2D(nn.Module):
 
     def _branch_norm(self, y: Tensor) -> Tensor:
         """Generation 1: out_norm over the channels of each token of a scanned sequence (B, E, L)."""
-        if not torch.is_autocast_enabled(y.device.type):
+        if not autocast_enabled(y.device):
             y = y.to(self.out_norm.weight.dtype)
         return self.out_norm(y.transpose(1, 2)).transpose(1, 2)
 
@@ -285,7 +286,7 @@ class MS2D(nn.Module):
         if not self.channel_first:
             y = y.permute(0, 2, 3, 1)
         if not self.variant.norm_per_branch:
-            if not torch.is_autocast_enabled(y.device.type):
+            if not autocast_enabled(y.device):
                 y = y.to(x.dtype)  # a model cast to bf16/fp16 normalises in its own dtype; autocast keeps fp32 here
             y = self.out_norm(y)
         y = y.to(x_full.dtype)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..ops.scan_orders import cascade_merge, cascade_scan
 from ..ops.ss2d_scan import scan_unrolled, ss2d_scan
+from ..ops.layer_norm import autocast_enabled
 from .common import LN_EPS, LayerNorm2d, Permute, make_act, make_linear, make_norm
 
 __all__ = ["SS2D", "SS2DVariant", "parse_forward_type"]
@@ -266,7 +267,7 @@ class SS2D(nn.Module):
         y = self.ssm(x)
         if not self.channel_first:
             y = y.permute(0, 2, 3, 1)
-        if not torch.is_autocast_enabled(y.device.type):
+        if not autocast_enabled(y.device):
             y = y.to(x.dtype)  # a model cast to bf16/fp16 normalises in its own dtype; autocast keeps fp32 here
         y = self.out_act(self.out_norm(y))
         if self.variant.gated:

@@ -119,6 +119,11 @@ def _ln_autograd_backward(ctx, dy, _dmean, _drstd):
 _ln_op.register_autograd(_ln_autograd_backward, setup_context=_ln_setup_context)
 
 
+def autocast_enabled(device: torch.device) -> bool:
+    """torch.is_autocast_enabled for a device, False for devices autocast does not know (meta: FLOP counting)."""
+    return device.type in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(device.type)
+
+
 def layer_norm_last_dim(
     x: Tensor, weight: Tensor, bias: Tensor, eps: float, autocast_output: bool = False
 ) -> Tensor:
@@ -127,7 +132,7 @@ def layer_norm_last_dim(
     ``autocast_output``: under autocast, return the autocast dtype (for a norm whose only consumer is a projection
     that would cast anyway); otherwise fp32 under autocast like PyTorch, or x's dtype without autocast.
     """
-    autocast = torch.is_autocast_enabled(x.device.type)
+    autocast = autocast_enabled(x.device)
     use_kernel = triton_usable(x) and x.is_cuda and x.stride(-1) == 1 and x.is_contiguous() and weight is not None
     if not use_kernel:
         y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)

@@ -9,7 +9,10 @@ from typing import List, Optional
 
 # sub-command -> (module, one-line help)
 COMMANDS = {
-    "demo": ("vssm.demo", "run vmamba_tiny_s1l8 on Fashion-MNIST test images and report shape, size and time"),
+    "demo": ("vssm.demo", "train a small VMamba on Fashion-MNIST on this machine, evaluate it, show the outputs"),
+    "train": ("vssm.train.train_command", "train a vssm or timm model (Fashion-MNIST or an ImageFolder tree; torchrun: DDP)"),
+    "eval": ("vssm.train.eval_command", "evaluate a checkpoint (vssm or official): top-1, top-5, loss, JSON"),
+    "benchmark": ("vssm.benchmark", "GPU throughput and memory of vssm and timm models side by side (paper protocol)"),
     "flops": ("vssm.analysis.flops", "parameters and GFLOPs (official convention) of any vssm / timm model"),
     "erf": ("vssm.analysis.erf", "effective receptive field heat map(s), several models side by side"),
     "attnmap": ("vssm.analysis.attnmap", "SS2D selective scan as an attention matrix; activation maps of a query"),

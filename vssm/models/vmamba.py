@@ -470,9 +470,10 @@ default_cfgs.update(
 
 @register_vssm_model("vmamba")
 def vmamba_femto(pretrained: bool = False, **kwargs) -> VSSM:
-    """vssm addition (not an official release): dims 32-64-128, depths 2-2-2, patch-4 stem; 0.57M params.
-    For 28-32 px inputs on a CPU (`vssm demo`)."""
-    return _make("vmamba_femto", pretrained, dict(_SMALL, dims=[32, 64, 128], depths=[2, 2, 2], drop_path_rate=0.0), kwargs)
+    """vssm addition (not an official release): dims 48-96-192, one block per stage, patch-4 stem, channel-last
+    (faster on CPUs); 0.74M params. For 28-32 px inputs on a CPU (`vssm demo`)."""
+    config = dict(_SMALL, dims=[48, 96, 192], depths=[1, 1, 1], norm_layer="ln", drop_path_rate=0.0)
+    return _make("vmamba_femto", pretrained, config, kwargs)
 
 
 @register_vssm_model("vmamba")

@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Fashion-MNIST from scratch on one GPU: a vssm model next to timm peers, same recipe, same epochs.
+
+Every model is trained by ``vssm train --preset fashion-mnist`` (the same augmentation, optimiser, schedule, EMA,
+image size and number of epochs for all) and its exported EMA weights are evaluated by ``vssm eval`` on the
+10,000 test images. Rows accumulate in ``OUT/results.json`` and ``OUT/results.md``, so the comparison can be
+split over several commands (the device allows ~9 minutes per command):
+
+    # 1) the vssm model: measures its speed, fixes the epoch count for everyone in OUT/plan.json, trains it,
+    #    then a short fp16-AMP run that must have no NaN/inf
+    python benchmarks/fashion_mnist_gpu.py --out OUT --models vmamba_nano --budget-minutes 5 --fp16-check
+    # 2) and 3) the peers, with the epochs of OUT/plan.json
+    python benchmarks/fashion_mnist_gpu.py --out OUT --models resnet18,convnext_atto
+    python benchmarks/fashion_mnist_gpu.py --out OUT --models swin_nano
+
+``--epochs N`` fixes the epochs directly instead. ``--smoke`` runs everything tiny (CPU validation).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+# name in the table -> (model, model kwargs as a function of the image size)
+def _swin_kwargs(img: int) -> dict:
+    """timm's SwinTransformer at the vssm model's size (6.9M params): embed 48, depths 2-2-6-2, with 16x16 tokens in
+    the first stage like vmamba_nano at 64 px, and windows of 8 (4 at 32 px)."""
+    patch = max(1, img // 16)
+    return dict(patch_size=patch, window_size=4 if img <= 32 else 8, embed_dim=48, depths=[2, 2, 6, 2],
+                num_heads=[3, 6, 12, 24])
+
+
+MODELS = {
+    "vmamba_nano": ("vmamba_nano", lambda img: {}),
+    "vmamba_femto": ("vmamba_femto", lambda img: {}),
+    "resnet18": ("resnet18", lambda img: {}),
+    "convnext_atto": ("convnext_atto", lambda img: {}),
+    "swin_nano": ("swin_tiny_patch4_window7_224", _swin_kwargs),
+}
+
+
+def run(cmd: List[str], log_path: str, timeout: Optional[float] = None) -> float:
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if not line.startswith("Train:"):
+                sys.stdout.write(line)
+        proc.wait(timeout=timeout)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}); see {log_path}")
+    return time.perf_counter() - t0
+
+
+def train_cmd(args, name: str, out_dir: str, epochs: int, extra: List[str]) -> List[str]:
+    model, kwargs = MODELS[name]
+    cmd = [sys.executable, "-m", "vssm", "train", "--preset", args.preset, "--model", model,
+           "--epochs", str(epochs), "--img-size", str(args.img_size), "--output", out_dir, "--overwrite",
+           "--progress", "log", "--log-interval", "100", "--amp", args.amp]
+    kw = kwargs(args.img_size)
+    if kw:
+        cmd += ["--model-kwargs", json.dumps(kw)]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    if args.compile:
+        cmd += ["--compile"]
+    if args.smoke:
+        cmd += ["--train-subset", "512", "--val-subset", "256", "--batch-size", "64", "--no-tensorboard"]
+    return cmd + extra
+
+
+def probe(args, name: str) -> Dict[str, float]:
+    """Steady-state training speed (img/s) and evaluation time of a model, from a short run."""
+    out = os.path.join(args.out, "probe", name)
+    steps = 10 if args.smoke else 80
+    run(train_cmd(args, name, out, 1, ["--limit-train-batches", str(steps), "--log-interval", str(steps // 4),
+                                       "--no-plot", "--no-tensorboard"]),
+        os.path.join(args.out, f"probe-{name}.log"))
+    with open(os.path.join(out, "log.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    speeds = [r["img_per_s"] for r in records if r["type"] == "step"]
+    epoch = [r for r in records if r["type"] == "epoch"][-1]
+    return {"img_per_s": max(speeds[1:] or speeds), "eval_s": epoch.get("eval_time", 0.0)}
+
+
+def write_tables(out: str, rows: List[dict], plan: dict) -> None:
+    rows = sorted(rows, key=lambda r: (not r["model_name"].startswith("vmamba"), r["model_name"]))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"plan": plan, "rows": rows}, f, indent=2)
+    lines = [
+        f"Fashion-MNIST test top-1 (10,000 images), trained from scratch with `vssm train --preset {plan['preset']}` "
+        f"for {plan['epochs']} epochs at {plan['img_size']}px, amp {plan['amp']}, on {plan.get('device', '?')}; "
+        f"EMA weights evaluated by `vssm eval`.",
+        "",
+        "| model | params (M) | epochs | train time (min) | train img/s | top-1 (%) | top-5 (%) | test loss | top-1 raw weights (%) | non-finite losses |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model_name']} | {r['params'] / 1e6:.2f} | {r['epochs']} | {r['train_time_s'] / 60:.1f} | "
+            f"{r['img_per_s']:.0f} | {r['acc1']:.2f} | {r['acc5']:.2f} | {r['loss']:.4f} | {r['acc1_raw']:.2f} | "
+            f"{r['nonfinite_losses']} |"
+        )
+    for r in rows:
+        lines.append("")
+        lines.append(f"`{r['model_name']}`: `{r['command']}`")
+    if plan.get("fp16_check"):
+        c = plan["fp16_check"]
+        lines += ["", f"fp16-AMP check ({c['model']}, {c['epochs']} epochs, GradScaler): non-finite losses "
+                      f"{c['nonfinite_losses']}, final top-1 {c['acc1']:.2f}%, all weights finite: {c['weights_finite']}"
+                      f" -> {'PASS' if c['passed'] else 'FAIL'}"]
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def weights_finite(path: str) -> bool:
+    import torch
+    from safetensors.torch import load_file
+
+    return all(torch.isfinite(t).all().item() for t in load_file(path).values() if t.is_floating_point())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="vmamba_nano,resnet18,convnext_atto,swin_nano",
+                   help=f"comma-separated, from {sorted(MODELS)}")
+    p.add_argument("--preset", default="fashion-mnist")
+    p.add_argument("--img-size", type=int, default=64, help="input size for every model (the preset's: 64)")
+    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--epochs", type=int, default=None, help="fix the epochs (else OUT/plan.json, else --budget-minutes)")
+    p.add_argument("--budget-minutes", type=float, default=5.0,
+                   help="training time of the FIRST model of --models; fixes the epochs for all (OUT/plan.json)")
+    p.add_argument("--max-epochs", type=int, default=200)
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--fp16-check", action="store_true", help="also a short fp16-AMP run of the first model")
+    p.add_argument("--fp16-epochs", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="tiny data and epochs (validates the script on a CPU)")
+    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX .gz files "
+                   "(default: $VSSM_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="only merge the results of earlier --out folders into --out (no training)")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.merge:
+        rows, plan = [], {}
+        for folder in args.merge:
+            data = json.load(open(os.path.join(folder, "results.json")))
+            names = {r["model_name"] for r in data["rows"]}
+            rows = [r for r in rows if r["model_name"] not in names] + data["rows"]
+            for k, v in data["plan"].items():
+                plan.setdefault(k, v)
+            if data["plan"].get("fp16_check"):
+                plan["fp16_check"] = data["plan"]["fp16_check"]
+        epochs = {r["epochs"] for r in rows}
+        if len(epochs) > 1:
+            print(f"warning: the merged rows were trained for different epochs: {sorted(epochs)}")
+        write_tables(args.out, rows, plan)
+        print(open(os.path.join(args.out, "results.md")).read())
+        return 0
+    if args.data_dir:
+        os.environ["VSSM_FASHION_MNIST_DIR"] = os.path.abspath(args.data_dir)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    for n in names:
+        if n not in MODELS:
+            raise SystemExit(f"unknown model {n!r}; choose from {sorted(MODELS)}")
+
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    plan_path = os.path.join(args.out, "plan.json")
+    plan = json.load(open(plan_path)) if os.path.exists(plan_path) else {}
+    if args.epochs:
+        plan.update(epochs=args.epochs, source="--epochs")
+    elif "epochs" not in plan:
+        speed = probe(args, names[0])
+        n_train = 512 if args.smoke else 60000
+        epoch_s = n_train / speed["img_per_s"] + speed["eval_s"]  # eval_s: model + EMA on the 10k test images
+        budget = args.budget_minutes * 60 - 30  # start-up, data, export
+        epochs = max(1, min(args.max_epochs, int(budget // epoch_s)))
+        plan.update(epochs=epochs, source=f"probe of {names[0]}: {speed['img_per_s']:.0f} img/s, "
+                                          f"{epoch_s:.1f} s/epoch, budget {args.budget_minutes} min")
+        print(f"plan: {epochs} epochs ({plan['source']})", flush=True)
+    if args.smoke:
+        plan["epochs"] = min(plan["epochs"], 2)
+    plan.update(preset=args.preset, img_size=args.img_size, amp=args.amp, device=device,
+                date=datetime.date.today().isoformat(), torch=torch.__version__)
+    with open(plan_path, "w") as f:
+        json.dump(plan, f, indent=2)
+
+    results_path = os.path.join(args.out, "results.json")
+    rows = json.load(open(results_path))["rows"] if os.path.exists(results_path) else []
+    for name in names:
+        run_dir = os.path.join(args.out, name)
+        cmd = train_cmd(args, name, run_dir, plan["epochs"], [])
+        seconds = run(cmd, os.path.join(args.out, f"{name}.log"))
+        eval_json = os.path.join(run_dir, "eval.json")
+        run([sys.executable, "-m", "vssm", "eval", "--checkpoint", os.path.join(run_dir, "model.safetensors"),
+             "--data", "fashion-mnist", "--json", eval_json, "--print-freq", "0", "--amp", args.amp,
+             "--batch-size", "1000"] + (["--val-subset", "256"] if args.smoke else []),
+            os.path.join(args.out, f"{name}.log"))
+        summary = json.load(open(os.path.join(run_dir, "summary.json")))
+        metrics = json.load(open(eval_json))
+        last = summary["history"][-1]
+        rows = [r for r in rows if r["model_name"] != name]
+        rows.append({
+            "model_name": name,
+            "model": summary["model"],
+            "params": summary["params"],
+            "epochs": summary["epochs"],
+            "train_time_s": summary["train_time_s"],
+            "wall_time_s": seconds,
+            "img_per_s": sum(r["img_per_s"] for r in summary["history"]) / len(summary["history"]),
+            "acc1": metrics["acc1"],
+            "acc5": metrics["acc5"],
+            "loss": metrics["loss"],
+            "acc1_raw": summary["final_model"]["acc1"],
+            "best_acc1": summary["best"]["acc1"],
+            "nonfinite_losses": summary["nonfinite_losses"],
+            "n_images": metrics["n_images"],
+            "command": " ".join(cmd[2:]).replace(args.out, "OUT"),
+            "last_epoch": last,
+        })
+        write_tables(args.out, rows, plan)
+
+    if args.fp16_check:
+        name = names[0]
+        run_dir = os.path.join(args.out, f"{name}-fp16")
+        epochs = 1 if args.smoke else args.fp16_epochs
+        cmd = train_cmd(args, name, run_dir, epochs, [])
+        cmd[cmd.index("--amp") + 1] = "fp16"
+        run(cmd, os.path.join(args.out, f"{name}-fp16.log"))
+        summary = json.load(open(os.path.join(run_dir, "summary.json")))
+        finite = weights_finite(os.path.join(run_dir, "model.safetensors"))
+        acc1 = summary["final"]["acc1"]
+        plan["fp16_check"] = {
+            "model": name, "epochs": epochs, "nonfinite_losses": summary["nonfinite_losses"], "acc1": acc1,
+            "weights_finite": finite,
+            "passed": summary["nonfinite_losses"] == 0 and finite and acc1 is not None and math.isfinite(acc1),
+        }
+        with open(plan_path, "w") as f:
+            json.dump(plan, f, indent=2)
+        write_tables(args.out, rows, plan)
+        print(f"fp16 check: {plan['fp16_check']}")
+    print(open(os.path.join(args.out, "results.md")).read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

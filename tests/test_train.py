@@ -1,0 +1,306 @@
+"""`vssm train` / `vssm eval`: accuracy on a Fashion-MNIST subset, crash-safe resume (SIGKILL mid-epoch and
+mid-checkpoint-write), DDP over gloo equal to one process, ImageFolder data, clear errors, eval JSON.
+
+Subprocess runs use 2 threads and ``--deterministic``; the small runs use a 50k-parameter VMamba so the whole
+file stays within a few minutes on two CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vssm
+from vssm.data.tensor_loader import TensorAugment, TensorTrainLoader
+from vssm.train.checkpointing import atomic_write, list_checkpoints
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(os.path.join(os.environ.get("VSSM_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+                                    "t10k-images-idx3-ubyte.gz")),
+    reason="Fashion-MNIST not installed (make data)",
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "vmamba_femto", "--model-kwargs", '{"dims": [16, 32, 64], "depths": [1, 1, 1]}',
+        "--img-size", "28", "--train-subset", "256", "--val-subset", "200", "--batch-size", "32", "--epochs", "2",
+        "--warmup-epochs", "0.5", "--lr-base-batch", "0", "--translate", "2", "--hflip", "0.5", "--reprob", "0.25",
+        "--no-tensorboard", "--progress", "log", "--log-interval", "4", "--deterministic", "--seed", "3",
+        "--save-every-epochs", "1"]
+
+
+def _env(**extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("VSSM_FAULT", None)
+    env.update(extra)
+    return env
+
+
+def vssm_cmd(*args, fault=None, check=True, timeout=300):
+    env = _env(**({"VSSM_FAULT": fault} if fault else {}))
+    proc = subprocess.run([sys.executable, "-m", "vssm", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vssm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def comparable(summary: dict) -> dict:
+    """The parts of summary.json that must not depend on interruptions (no times or speeds)."""
+    drop = {"epoch_time", "img_per_s", "eval_time", "time"}
+    history = [{k: v for k, v in r.items() if k not in drop} for r in summary["history"]]
+    return {"final": summary["final"], "final_model": summary["final_model"], "best_acc1": summary["best"]["acc1"],
+            "history": history, "global_step": summary["global_step"]}
+
+
+def weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "model.safetensors"))
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    assert comparable(sa) == comparable(sb)
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted tiny run with mid-epoch checkpoints every 3 steps (2 epochs x 8 steps)."""
+    out = tmp_path_factory.mktemp("train") / "reference"
+    vssm_cmd("train", *TINY, "--save-every-steps", "3", "--threads", "1", "--output", str(out))
+    return out
+
+
+# ---- training, outputs, eval --------------------------------------------------------------------------------
+
+
+def test_run_outputs(reference_run):
+    out = reference_run
+    summary = json.loads((out / "summary.json").read_text())
+    for name in ("config.json", "log.jsonl", "curves.png", "model.safetensors", "checkpoints/last.pth",
+                 "checkpoints/best.pth"):
+        assert (out / name).exists(), name
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list_checkpoints(str(out / "checkpoints"))) == 2  # --keep-last 2
+    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [1, 2]
+    assert all(r["type"] == "step" and r["lr"] > 0 for r in lines if r["type"] == "step")
+    assert summary["n_images"] == 200 and summary["global_step"] == 16 and summary["nonfinite_losses"] == 0
+    # the training checkpoint is plain tensors / containers: weights_only loading and vssm.load_checkpoint work
+    state = torch.load(out / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert state["config"]["model"] == "vmamba_femto" and len(state["rng"]) == 1
+    model = vssm.create_model("vmamba_femto", num_classes=10, in_chans=1, dims=[16, 32, 64], depths=[1, 1, 1])
+    vssm.load_checkpoint(model, str(out / "checkpoints" / "last.pth"), key="model_ema")
+    vssm.load_checkpoint(model, str(out / "model.safetensors"))
+
+
+def test_eval_json_and_log_lines(reference_run, tmp_path, capsys):
+    from vssm.cli import main
+
+    out = reference_run
+    summary = json.loads((out / "summary.json").read_text())
+    result = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", "fashion-mnist", "--val-subset",
+                 "200", "--batch-size", "64", "--print-freq", "1", "--json", str(result)]) == 0
+    stdout = capsys.readouterr().out
+    assert "Test: [3/4]" in stdout and "Acc@1" in stdout
+    star = [l for l in stdout.splitlines() if l.startswith(" * Acc@1 ")]
+    assert len(star) == 1 and " Acc@5 " in star[0]
+    metrics = json.loads(result.read_text())
+    assert {"acc1", "acc5", "loss", "n_images"} <= set(metrics)
+    assert metrics["n_images"] == 200
+    assert metrics["acc1"] == pytest.approx(summary["final"]["acc1"], abs=1e-6)
+    assert metrics["loss"] == pytest.approx(summary["final"]["loss"], rel=1e-4)
+    # the training checkpoint, with --model given explicitly and the raw (non-EMA) weights
+    assert main(["eval", "--model", "vmamba_femto", "--checkpoint", str(out / "checkpoints" / "last.pth"),
+                 "--weights", "model", "--data", "fashion-mnist", "--val-subset", "200", "--print-freq", "0"]) == 0
+    assert f" * Acc@1 {summary['final_model']['acc1']:.3f} " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fault", ["kill-at-step=11", "kill-in-save=4"])
+def test_resume_after_sigkill_is_exact(reference_run, tmp_path, fault):
+    """SIGKILL mid-epoch (step 11 of 16) or half-way through writing a checkpoint (the 4th), then --resume auto:
+    the run ends with exactly the metrics and weights of the uninterrupted one."""
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--save-every-steps", "3", "--threads", "1", "--output", str(out)]
+    killed = vssm_cmd(*args, fault=fault, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "summary.json").exists()
+    if fault.startswith("kill-in-save"):
+        assert any(".tmp-" in p.name for p in (out / "checkpoints").iterdir())  # the half-written file
+    resumed = vssm_cmd(*args, "--resume", "auto")
+    assert "resumed from" in resumed.stdout
+    assert not any(".tmp-" in p.name for p in (out / "checkpoints").iterdir())
+    assert_same_run(reference_run, out)
+    records = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]  # no duplicates from the killed run
+
+
+def test_resume_skips_corrupt_newest_checkpoint(reference_run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    newest = list_checkpoints(str(out / "checkpoints"))[0]
+    os.remove(newest)
+    with open(newest, "wb") as f:  # half a file where the newest checkpoint was
+        f.write((reference_run / "checkpoints" / os.path.basename(newest)).read_bytes()[:5000])
+    os.remove(out / "summary.json")
+    resumed = vssm_cmd("train", *TINY, "--save-every-steps", "3", "--threads", "1", "--output", str(out),
+                       "--resume", "auto")
+    assert "skipping unreadable checkpoint" in resumed.stdout + resumed.stderr
+    assert_same_run(reference_run, out)
+
+
+def test_ddp_gloo_two_processes_match_one(reference_run, tmp_path):
+    """torchrun, 2 CPU processes x batch 16 == 1 process x batch 32 (same global batch, same augmentation)."""
+    out = tmp_path / "ddp"
+    args = [a for a in TINY]
+    args[args.index("--batch-size") + 1] = "16"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vssm",
+           "train", *args, "--save-every-steps", "3", "--threads", "1", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DDP x2 (gloo)" in proc.stdout
+    one = json.loads((reference_run / "summary.json").read_text())
+    two = json.loads((out / "summary.json").read_text())
+    assert two["n_images"] == one["n_images"] == 200
+    for a, b in zip(one["history"], two["history"]):
+        # equal up to float summation order (measured: ~1e-8)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-5)
+        assert abs(b["val_acc1"] - a["val_acc1"]) <= 0.5  # at most one of 200 images differs
+        assert abs(b["ema_val_acc1"] - a["ema_val_acc1"]) <= 0.5
+    # only rank 0 wrote: one set of checkpoints, with both ranks' RNG states
+    state = torch.load(out / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+# ---- accuracy -------------------------------------------------------------------------------------------------
+
+
+def test_short_training_reaches_accuracy(tmp_path):
+    """vmamba_femto, 3,000 training images, 2 epochs on the CPU: >= 75% top-1 on 1,000 test images."""
+    out = tmp_path / "acc"
+    vssm_cmd("train", "--preset", "fashion-mnist-cpu", "--train-subset", "3000", "--val-subset", "1000",
+             "--epochs", "2", "--batch-size", "64", "--warmup-epochs", "0.2", "--no-tensorboard", "--no-plot",
+             "--threads", "1", "--progress", "none", "--output", str(out), timeout=600)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["acc1"] >= 75.0, summary["final"]
+
+
+# ---- data pipeline ------------------------------------------------------------------------------------------
+
+
+def test_global_batch_is_split_across_ranks():
+    """Rank r of N sees rows [r*B, (r+1)*B) of the single-process global batch, augmentation included."""
+    images = torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(64) % 10
+    aug = TensorAugment(translate=2, hflip=0.5, reprob=0.5, remode="const")
+    one = TensorTrainLoader(images, labels, 16, 32, 1, (0.5,), (0.25,), aug, seed=1)
+    two = [TensorTrainLoader(images, labels, 8, 32, 1, (0.5,), (0.25,), aug, seed=1, rank=r, world_size=2)
+           for r in range(2)]
+    for (x, y), (x0, y0), (x1, y1) in zip(one.iter_epoch(3), two[0].iter_epoch(3), two[1].iter_epoch(3)):
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    # resuming at step 2 yields the same batches as running through
+    full = list(one.iter_epoch(5))
+    tail = list(one.iter_epoch(5, start_step=2))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full[2:], tail))
+
+
+def test_imagefolder_train_and_eval(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "folder"
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for c, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(8):
+                noise = torch.randint(0, 40, (24, 24, 3), generator=gen, dtype=torch.uint8)
+                img = (torch.tensor(colour, dtype=torch.uint8) + noise).clamp(0, 255)
+                Image.fromarray(img.numpy()).save(d / f"{i}.png")
+    out = tmp_path / "run"
+    vssm_cmd("train", "--data", str(root), "--model", "vmamba_femto", "--model-kwargs",
+             '{"dims": [16, 32, 64], "depths": [1, 1, 1]}', "--img-size", "32", "--epochs", "2", "--batch-size", "4",
+             "--workers", "0", "--no-tensorboard", "--progress", "none", "--threads", "1", "--output", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 16 and summary["data"] == str(root)
+    proc = vssm_cmd("eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(root), "--workers", "0",
+                    "--batch-size", "8", "--json", str(tmp_path / "e.json"))
+    assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 16
+    assert "Test: [1/2]" in proc.stdout
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    """Run the vssm command in this process (error paths stop before any training); (exit code, stderr)."""
+    from vssm.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_clear_errors(tmp_path, capsys):
+    code, err = _cli(capsys, "train", "--data", str(tmp_path / "nowhere"), "--model", "vmamba_femto")
+    assert code == 2 and "does not exist" in err
+    (tmp_path / "notree" / "train" / "a").mkdir(parents=True)
+    code, err = _cli(capsys, "train", "--data", str(tmp_path / "notree"), "--model", "vmamba_femto")
+    assert code == 2 and "no val/ folder" in err
+    code, err = _cli(capsys, "eval", "--model", "vmamba_femto", "--checkpoint", str(tmp_path / "missing.pth"))
+    assert code == 2 and "checkpoint not found" in err
+    bad = tmp_path / "bad.pth"
+    model = vssm.create_model("vmamba_femto", num_classes=10, in_chans=1)
+    torch.save({"model": model.state_dict()}, bad)
+    bad.write_bytes(bad.read_bytes()[:3000])
+    code, err = _cli(capsys, "eval", "--model", "vmamba_femto", "--checkpoint", str(bad))
+    assert code == 2 and "truncated or corrupt" in err
+    # a weights file (official layout) is not something --resume can continue
+    weights_file = tmp_path / "weights.pth"
+    torch.save({"model": model.state_dict()}, weights_file)
+    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--output", str(tmp_path / "r"), "--resume",
+                     str(weights_file))
+    assert code == 2 and "not a vssm training checkpoint" in err
+    code, err = _cli(capsys, "train", "--model", "no_such_model_xyz", "--output", str(tmp_path / "r2"))
+    assert code == 2 and "unknown model" in err
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    path = tmp_path / "f.bin"
+    atomic_write(str(path), b"old")
+    atomic_write(str(path), b"new contents")
+    assert path.read_bytes() == b"new contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_weight_decay_groups():
+    """Default: no decay on norms, biases and the SSM's A_logs / Ds / dt biases (model.no_weight_decay()); the
+    official preset decays A_logs and dt_projs_bias as the official code does (spec §9)."""
+    from vssm.train.config import DEFAULTS, PRESETS
+    from vssm.train.engine import _make_optimizer
+
+    model = vssm.create_model("vmamba_femto", num_classes=10, in_chans=1)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    def decayed(cfg):
+        opt = _make_optimizer(cfg, model, 1e-3)
+        return {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+
+    ours = decayed(dict(DEFAULTS, **PRESETS["fashion-mnist"]))
+    official = decayed(dict(DEFAULTS, **PRESETS["official"]))
+    assert not any(n.endswith(("A_logs", "Ds", "dt_projs_bias", ".bias")) or "norm" in n for n in ours)
+    assert any(n.endswith("A_logs") for n in official) and any(n.endswith("dt_projs_bias") for n in official)
+    assert not any(n.endswith(("Ds", ".bias")) for n in official)
+    assert ours | {n for n in official if n.endswith(("A_logs", "dt_projs_bias"))} == official

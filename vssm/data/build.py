@@ -1,0 +1,150 @@
+"""Build the train / eval loaders of a run from its configuration: Fashion-MNIST as device tensors, or an
+ImageFolder tree with timm's ``create_transform``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from .fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist
+from .imagefolder import DataError, ImageFolderLoader, image_folder_classes, image_folder_dataset
+from .tensor_loader import TensorAugment, TensorEvalLoader, TensorTrainLoader
+
+__all__ = ["DataInfo", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "data_info", "build_train_loader", "build_eval_loader"]
+
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+_SUBSET_SEED = 20240607  # subsets are the same whatever the run's seed
+
+
+@dataclass
+class DataInfo:
+    name: str
+    num_classes: int
+    in_chans: int
+    img_size: int
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    classes: Sequence[str] = field(default_factory=tuple)
+    crop_pct: Optional[float] = None
+    interpolation: str = "bicubic"
+
+
+def _is_fmnist(cfg) -> bool:
+    from ..train.config import is_fashion_mnist
+
+    return is_fashion_mnist(cfg["data"])
+
+
+def _subset(n: int, k: Optional[int]) -> Optional[torch.Tensor]:
+    if not k or k >= n:
+        return None
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_SUBSET_SEED))[:k].sort().values
+
+
+def data_info(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> DataInfo:
+    """Number of classes, channels, input size and normalisation of the configured data."""
+    if _is_fmnist(cfg):
+        in_chans = cfg.get("in_chans") or 1
+        mean = FASHION_MNIST_MEAN * in_chans
+        std = FASHION_MNIST_STD * in_chans
+        return DataInfo("fashion-mnist", 10, in_chans, cfg.get("img_size") or 28, mean, std, FASHION_MNIST_CLASSES)
+    from .imagefolder import check_image_folder
+
+    if cfg.get("_split", "train") == "train":
+        check_image_folder(cfg["data"], "val")  # fail before any work if the validation half is missing
+        classes = image_folder_classes(cfg["data"], "train")
+    else:
+        classes = image_folder_classes(cfg["data"], "val")
+    in_chans = cfg.get("in_chans") or 3
+    if in_chans != 3:
+        raise DataError("ImageFolder data is read as RGB; --in-chans must be 3")
+    img_size, mean, std, crop_pct, interp = cfg.get("img_size"), None, None, cfg.get("crop_pct"), cfg.get("interpolation")
+    if model is not None:
+        from timm.data import resolve_data_config
+
+        resolved = resolve_data_config({}, model=model)
+        img_size = img_size or resolved["input_size"][-1]
+        mean, std = resolved["mean"], resolved["std"]
+        crop_pct = crop_pct or resolved.get("crop_pct")
+        interp = interp or resolved.get("interpolation")
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return DataInfo(
+        cfg["data"], len(classes), 3, img_size or 224, tuple(mean or IMAGENET_DEFAULT_MEAN),
+        tuple(std or IMAGENET_DEFAULT_STD), classes, crop_pct or 0.875, interp or "bicubic",
+    )
+
+
+def _fmnist_tensors(split: str, device: torch.device, subset: Optional[int]):
+    images, labels = read_fashion_mnist(split)
+    images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+    index = _subset(len(images), subset)
+    if index is not None:
+        images, labels = images[index], labels[index]
+    return images.to(device), labels.to(device)
+
+
+def build_train_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.device):
+    if _is_fmnist(cfg):
+        images, labels = _fmnist_tensors("train", device, cfg.get("train_subset"))
+        augment = TensorAugment(
+            translate=int(cfg.get("translate") or 0), hflip=float(cfg.get("hflip") or 0),
+            reprob=float(cfg.get("reprob") or 0), remode=cfg.get("remode") or "pixel",
+        )
+        return TensorTrainLoader(
+            images, labels, cfg["batch_size"], info.img_size, info.in_chans, info.mean, info.std, augment,
+            seed=cfg["seed"], rank=dist.rank, world_size=dist.world_size, fit=cfg.get("fit", "auto"),
+            limit_batches=cfg.get("limit_train_batches"),
+        )
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=(3, info.img_size, info.img_size),
+        is_training=True,
+        scale=tuple(cfg["scale"]),
+        ratio=tuple(cfg["ratio"]),
+        hflip=float(cfg.get("hflip") or 0),
+        vflip=0.0,
+        color_jitter=float(cfg.get("color_jitter") or 0) or None,
+        auto_augment=cfg.get("auto_augment"),
+        interpolation=cfg.get("interpolation") or "bicubic",
+        mean=info.mean,
+        std=info.std,
+        re_prob=float(cfg.get("reprob") or 0),
+        re_mode=cfg.get("remode") or "pixel",
+        re_count=int(cfg.get("recount") or 1),
+    )
+    dataset = image_folder_dataset(cfg["data"], "train", transform)
+    index = _subset(len(dataset), cfg.get("train_subset"))
+    if index is not None:
+        dataset = torch.utils.data.Subset(dataset, index.tolist())
+    return ImageFolderLoader(
+        dataset, cfg["batch_size"], device, train=True, seed=cfg["seed"], rank=dist.rank,
+        world_size=dist.world_size, workers=cfg.get("workers", 4), limit_batches=cfg.get("limit_train_batches"),
+    )
+
+
+def build_eval_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.device):
+    batch = cfg.get("eval_batch_size") or 2 * cfg.get("batch_size", 128)
+    if _is_fmnist(cfg):
+        images, labels = _fmnist_tensors("test", device, cfg.get("val_subset"))
+        return TensorEvalLoader(
+            images, labels, batch, info.img_size, info.in_chans, info.mean, info.std, rank=dist.rank,
+            world_size=dist.world_size, fit=cfg.get("fit", "auto"), limit_batches=cfg.get("limit_val_batches"),
+        )
+    from timm.data import create_transform
+
+    transform = create_transform(
+        input_size=(3, info.img_size, info.img_size), is_training=False, interpolation=info.interpolation,
+        mean=info.mean, std=info.std, crop_pct=info.crop_pct,
+    )
+    dataset = image_folder_dataset(cfg["data"], "val", transform)
+    index = _subset(len(dataset), cfg.get("val_subset"))
+    if index is not None:
+        dataset = torch.utils.data.Subset(dataset, index.tolist())
+    return ImageFolderLoader(
+        dataset, batch, device, train=False, seed=cfg["seed"], rank=dist.rank, world_size=dist.world_size,
+        workers=cfg.get("workers", 4), limit_batches=cfg.get("limit_val_batches"),
+    )

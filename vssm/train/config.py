@@ -1,0 +1,350 @@
+"""Training configuration: defaults, named presets, and the command-line flags that override them.
+
+A configuration is a flat dict of plain values (it is stored in every checkpoint and in ``config.json``).
+Resolution order: :data:`DEFAULTS`, then the preset (``--preset``; by default ``fashion-mnist`` for
+``--data fashion-mnist`` and ``official`` for an ImageFolder tree), then the flags given on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from typing import Any, Dict, List, Optional
+
+__all__ = ["DEFAULTS", "PRESETS", "add_train_arguments", "resolve_config", "describe_presets", "is_fashion_mnist"]
+
+FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fashionmnist", "fmnist")
+
+DEFAULTS: Dict[str, Any] = dict(
+    # model
+    model=None,  # None: the preset's
+    model_kwargs={},
+    pretrained=False,
+    init_checkpoint=None,
+    drop_path=None,  # None: the model's default
+    grad_checkpointing=False,
+    compile=False,
+    channels_last=False,
+    # data
+    data="fashion-mnist",
+    img_size=None,  # None: the preset's, else the model's default
+    in_chans=None,  # None: 1 for Fashion-MNIST, 3 for ImageFolder
+    fit="auto",
+    train_subset=None,
+    val_subset=None,
+    limit_train_batches=None,
+    limit_val_batches=None,
+    workers=4,
+    eval_batch_size=None,
+    # augmentation: tensor pipeline (Fashion-MNIST)
+    translate=0,
+    # augmentation: both pipelines
+    hflip=0.0,
+    reprob=0.0,
+    remode="pixel",
+    recount=1,
+    # augmentation: ImageFolder (timm create_transform)
+    auto_augment=None,
+    color_jitter=0.0,
+    scale=[0.08, 1.0],
+    ratio=[0.75, 4 / 3],
+    interpolation="bicubic",
+    crop_pct=None,
+    # mixup / cutmix / label smoothing (timm Mixup, SoftTargetCrossEntropy)
+    mixup=0.0,
+    cutmix=0.0,
+    mixup_prob=1.0,
+    mixup_switch_prob=0.5,
+    mixup_mode="batch",
+    smoothing=0.0,
+    # optimisation
+    epochs=10,
+    batch_size=128,
+    opt="adamw",
+    lr=1e-3,
+    lr_base_batch=None,  # if set, lr, min_lr and warmup_lr are scaled by global_batch / lr_base_batch
+    min_lr=1e-5,
+    warmup_lr=1e-6,
+    warmup_epochs=1.0,
+    weight_decay=0.05,
+    opt_eps=1e-8,
+    opt_betas=[0.9, 0.999],
+    momentum=0.9,
+    clip_grad=None,
+    wd_ssm=False,  # False: no weight decay on what model.no_weight_decay() declares (A_logs, Ds, dt biases)
+    sched="cosine",
+    amp="auto",
+    ema=False,
+    ema_decay=0.9998,
+    ema_warmup=False,
+    # run
+    seed=0,
+    deterministic=False,
+    output=None,
+    resume=None,
+    overwrite=False,
+    save_every_steps=0,
+    save_every_epochs=1,
+    keep_last=2,
+    eval_every=1,
+    log_interval=50,
+    progress="auto",
+    tensorboard=True,
+    plot=True,
+    device="auto",
+    threads=None,
+)
+
+# The official VMamba ImageNet-1k recipe (shared/spec/vmamba.md §9, config.py defaults of the official code).
+OFFICIAL = dict(
+    img_size=224,
+    epochs=300,
+    batch_size=128,  # per GPU; 8 GPUs = 1024 global
+    workers=8,
+    opt="adamw",
+    opt_betas=[0.9, 0.999],
+    opt_eps=1e-8,
+    weight_decay=0.05,
+    lr=5e-4,
+    min_lr=5e-6,
+    warmup_lr=5e-7,
+    lr_base_batch=512,  # 5e-4 x 1024 / 512 = 1e-3 at the official global batch
+    warmup_epochs=20,
+    sched="cosine",
+    clip_grad=5.0,
+    amp="fp16",
+    wd_ssm=True,  # the official code decays A_logs and dt_projs_bias (spec §9, §10.9)
+    smoothing=0.1,
+    mixup=0.8,
+    cutmix=1.0,
+    mixup_prob=1.0,
+    mixup_switch_prob=0.5,
+    mixup_mode="batch",
+    scale=[0.08, 1.0],
+    ratio=[0.75, 4 / 3],
+    interpolation="bicubic",
+    hflip=0.5,
+    auto_augment="rand-m9-mstd0.5-inc1",
+    color_jitter=0.4,  # ignored by timm when auto_augment is set, as in the official run
+    reprob=0.25,
+    remode="pixel",
+    recount=1,
+    crop_pct=0.875,
+    ema=True,
+    ema_decay=0.9999,
+    ema_warmup=False,
+    seed=0,
+)
+
+# Fashion-MNIST from scratch on a GPU (the benchmark recipe, benchmarks/results/fashion-mnist.md): the 28 px images
+# resized to 64 px (16x16 tokens in vmamba_nano's first stage), shifts of up to 3 px, flips, random erasing, label
+# smoothing, EMA; AdamW 2e-3 at batch 512 with a cosine schedule.
+FASHION_MNIST = dict(
+    model="vmamba_nano",
+    img_size=64,
+    fit="auto",
+    in_chans=1,
+    epochs=60,
+    batch_size=512,
+    opt="adamw",
+    lr=2e-3,
+    lr_base_batch=512,
+    min_lr=1e-5,
+    warmup_lr=1e-6,
+    warmup_epochs=3,
+    weight_decay=0.05,
+    clip_grad=5.0,
+    smoothing=0.1,
+    translate=3,
+    hflip=0.5,
+    reprob=0.25,
+    remode="pixel",
+    mixup=0.0,
+    cutmix=0.0,
+    ema=True,
+    ema_decay=0.999,
+    ema_warmup=True,
+    workers=0,
+    save_every_epochs=5,
+    eval_batch_size=1000,
+    log_interval=100,
+)
+
+# What `vssm demo` / `make demo` runs: a few epochs of a small model on the CPU (2 cores, under 10 minutes).
+FASHION_MNIST_CPU = dict(
+    FASHION_MNIST,
+    model="vmamba_femto",
+    img_size=28,
+    epochs=4,
+    batch_size=64,
+    lr=2e-3,
+    lr_base_batch=None,
+    warmup_epochs=0.25,
+    translate=0,  # a few epochs: augmentation and label smoothing only slow the model down (measured)
+    hflip=0.0,
+    reprob=0.0,
+    smoothing=0.0,
+    ema_decay=0.999,
+    eval_batch_size=500,
+    save_every_epochs=1,
+)
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "official": OFFICIAL,
+    "fashion-mnist": FASHION_MNIST,
+    "fashion-mnist-cpu": FASHION_MNIST_CPU,
+    "none": {},
+}
+
+PRESET_HELP = {
+    "official": "the official VMamba ImageNet-1k recipe (spec/vmamba.md §9): 300 epochs, AdamW 1e-3 at global "
+    "batch 1024, RandAugment, mixup/cutmix, random erasing, EMA 0.9999",
+    "fashion-mnist": "Fashion-MNIST from scratch on a GPU (the benchmark recipe)",
+    "fashion-mnist-cpu": "Fashion-MNIST on a CPU in a few minutes (what `vssm demo` runs)",
+    "none": "vssm's neutral defaults only",
+}
+
+
+def is_fashion_mnist(data: str) -> bool:
+    return str(data).lower() in FASHION_MNIST_NAMES
+
+
+def describe_presets() -> str:
+    return "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items())
+
+
+def _bool(group, name: str, help: str) -> None:
+    group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help)
+
+
+def _opt(group, name: str, help: str, **kwargs) -> None:
+    group.add_argument(f"--{name}", default=argparse.SUPPRESS, help=help, **kwargs)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``vssm train``. Every flag is optional and only overrides the preset when given."""
+    parser.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                        help=f"named recipe (default: fashion-mnist for Fashion-MNIST, official for a folder). {describe_presets()}")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+
+    g = parser.add_argument_group("model")
+    _opt(g, "model", "any vssm or timm model name (vssm.list_models(), timm.list_models())")
+    _opt(g, "model-kwargs", "JSON dict of extra model constructor arguments, e.g. '{\"dims\": 48}'", type=json.loads)
+    _bool(g, "pretrained", "start from the model's released weights (timm pretrained_cfg)")
+    _opt(g, "init-checkpoint", "start from the weights of this checkpoint file (official or vssm; head may differ)")
+    _opt(g, "drop-path", "stochastic depth rate (default: the model's)", type=float)
+    _bool(g, "grad-checkpointing", "recompute activations in the backward pass to save memory")
+    _bool(g, "compile", "torch.compile the model")
+    _bool(g, "channels-last", "channels-last memory format for the model and the batches")
+
+    g = parser.add_argument_group("data")
+    _opt(g, "data", "'fashion-mnist' (default; /usr/share/datasets/fashion-mnist) or an ImageFolder tree with train/ and val/")
+    _opt(g, "img-size", "input size in pixels (square)", type=int)
+    _opt(g, "in-chans", "input channels (Fashion-MNIST: 1, or 3 to repeat the grey channel)", type=int)
+    _opt(g, "fit", "Fashion-MNIST: 'pad' (zero border), 'resize' or 'auto' (pad up to 8 px, else resize)",
+         choices=["auto", "pad", "resize"])
+    _opt(g, "train-subset", "train on this many images only (a fixed random subset)", type=int)
+    _opt(g, "val-subset", "evaluate on this many images only (a fixed random subset)", type=int)
+    _opt(g, "limit-train-batches", "at most this many steps per epoch", type=int)
+    _opt(g, "limit-val-batches", "at most this many evaluation batches", type=int)
+    _opt(g, "workers", "data loader worker processes (ImageFolder)", type=int)
+    _opt(g, "eval-batch-size", "evaluation batch size per process (default: 2x --batch-size)", type=int)
+
+    g = parser.add_argument_group("augmentation")
+    _opt(g, "translate", "Fashion-MNIST: random shift by up to N pixels", type=int)
+    _opt(g, "hflip", "horizontal flip probability", type=float)
+    _opt(g, "reprob", "random erasing probability", type=float)
+    _opt(g, "remode", "random erasing fill: pixel, rand or const", choices=["pixel", "rand", "const"])
+    _opt(g, "recount", "random erasing boxes per image (ImageFolder)", type=int)
+    _opt(g, "auto-augment", "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (ImageFolder); 'none' to disable")
+    _opt(g, "color-jitter", "colour jitter strength (ImageFolder; ignored by timm when auto-augment is set)", type=float)
+    _opt(g, "scale", "random-resized-crop area range (ImageFolder)", type=float, nargs=2)
+    _opt(g, "ratio", "random-resized-crop aspect range (ImageFolder)", type=float, nargs=2)
+    _opt(g, "interpolation", "resize interpolation (ImageFolder): bicubic, bilinear, random", )
+    _opt(g, "crop-pct", "evaluation centre-crop fraction (ImageFolder)", type=float)
+    _opt(g, "mixup", "mixup alpha (0 disables)", type=float)
+    _opt(g, "cutmix", "cutmix alpha (0 disables)", type=float)
+    _opt(g, "mixup-prob", "probability of applying mixup or cutmix to a batch", type=float)
+    _opt(g, "mixup-switch-prob", "probability of cutmix instead of mixup when both are on", type=float)
+    _opt(g, "mixup-mode", "batch, pair or elem", choices=["batch", "pair", "elem"])
+    _opt(g, "smoothing", "label smoothing", type=float)
+
+    g = parser.add_argument_group("optimisation")
+    _opt(g, "epochs", "training epochs", type=int)
+    _opt(g, "batch-size", "batch size per process (global batch = this x number of processes)", type=int)
+    _opt(g, "opt", "timm optimizer name (adamw, sgd, lamb, ...)")
+    _opt(g, "lr", "peak learning rate (scaled by global batch / --lr-base-batch when that is set)", type=float)
+    _opt(g, "lr-base-batch", "global batch size at which --lr applies (linear scaling); 0 disables", type=int)
+    _opt(g, "min-lr", "final learning rate of the cosine schedule", type=float)
+    _opt(g, "warmup-lr", "learning rate at the start of the warm-up", type=float)
+    _opt(g, "warmup-epochs", "linear warm-up length in epochs (fractions allowed)", type=float)
+    _opt(g, "weight-decay", "decoupled weight decay", type=float)
+    _opt(g, "opt-eps", "optimizer epsilon", type=float)
+    _opt(g, "opt-betas", "optimizer betas", type=float, nargs=2)
+    _opt(g, "momentum", "SGD momentum", type=float)
+    _opt(g, "clip-grad", "clip the global gradient L2 norm to this (0 or omitted: off)", type=float)
+    _bool(g, "wd-ssm", "apply weight decay to the SSM parameters model.no_weight_decay() declares (A_logs, dt biases) "
+          "like the official code; default: exclude them (norms, biases and pos_embed are never decayed)")
+    _opt(g, "sched", "learning-rate schedule: cosine (with warm-up) or constant", choices=["cosine", "constant"])
+    _opt(g, "amp", "mixed precision: auto (bf16 on GPUs that have it, none on CPU), bf16, fp16, none",
+         choices=["auto", "bf16", "fp16", "none"])
+    _bool(g, "ema", "keep an exponential moving average of the weights (timm ModelEmaV3)")
+    _opt(g, "ema-decay", "EMA decay", type=float)
+    _bool(g, "ema-warmup", "ramp the EMA decay up from 0 (for short runs)")
+
+    g = parser.add_argument_group("run")
+    _opt(g, "seed", "random seed", type=int)
+    _bool(g, "deterministic", "deterministic algorithms (bit-identical reruns and resumes)")
+    _opt(g, "output", "output folder (checkpoints, logs, plot); default runs/<model>-<data>")
+    _opt(g, "resume", "'auto' (the newest readable checkpoint in --output, else start fresh) or a checkpoint file")
+    _bool(g, "overwrite", "start afresh in an --output folder that holds another run's checkpoints (deletes them)")
+    _opt(g, "save-every-steps", "also checkpoint every N optimizer steps inside an epoch (0: epoch ends only)", type=int)
+    _opt(g, "save-every-epochs", "checkpoint every N epochs (and always after the last)", type=int)
+    _opt(g, "keep-last", "how many recent checkpoints to keep (plus best.pth)", type=int)
+    _opt(g, "eval-every", "evaluate every N epochs (and always after the last)", type=int)
+    _opt(g, "log-interval", "steps between log lines / progress-bar updates", type=int)
+    _opt(g, "progress", "auto (a bar on a terminal, log lines otherwise), bar, log or none",
+         choices=["auto", "bar", "log", "none"])
+    _bool(g, "tensorboard", "write TensorBoard scalars to OUTPUT/tensorboard")
+    _bool(g, "plot", "write OUTPUT/curves.png (loss, accuracy, lr)")
+    _opt(g, "device", "auto, cpu, cuda or cuda:N (torchrun: one GPU per process)")
+    _opt(g, "threads", "CPU threads per process (default: all cores / processes on this node)", type=int)
+
+
+def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
+    """DEFAULTS <- preset <- flags given on the command line."""
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS}
+    data = given.get("data", DEFAULTS["data"])
+    preset = args.preset or ("fashion-mnist" if is_fashion_mnist(data) else "official")
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update(copy.deepcopy(PRESETS[preset]))
+    cfg.update(given)
+    cfg["preset"] = preset
+    if is_fashion_mnist(cfg["data"]):
+        cfg["data"] = "fashion-mnist"
+    if cfg.get("auto_augment") in ("none", "None", ""):
+        cfg["auto_augment"] = None
+    if cfg.get("lr_base_batch") == 0:
+        cfg["lr_base_batch"] = None
+    if cfg.get("clip_grad") == 0:
+        cfg["clip_grad"] = None
+    for key in ("scale", "ratio", "opt_betas"):
+        if cfg.get(key) is not None:
+            cfg[key] = [float(v) for v in cfg[key]]
+    if not isinstance(cfg.get("model_kwargs") or {}, dict):
+        raise ValueError("--model-kwargs must be a JSON object, e.g. '{\"dims\": 48}'")
+    cfg["model_kwargs"] = dict(cfg.get("model_kwargs") or {})
+    return cfg
+
+
+def default_output(cfg: Dict[str, Any]) -> str:
+    import os
+
+    data = "fashion-mnist" if is_fashion_mnist(cfg["data"]) else os.path.basename(os.path.normpath(cfg["data"]))
+    return os.path.join("runs", f"{cfg['model']}-{data}")
+
+
+def config_diff(cfg: Dict[str, Any], base: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Keys whose value differs from ``base`` (DEFAULTS by default), for short summaries."""
+    base = DEFAULTS if base is None else base
+    return [k for k in sorted(cfg) if base.get(k) != cfg[k]]

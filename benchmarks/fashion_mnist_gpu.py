@@ -145,6 +145,8 @@ def main() -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--fp16-check", action="store_true", help="also a short fp16-AMP run of the first model")
     p.add_argument("--fp16-epochs", type=int, default=3)
+    p.add_argument("--probe-only", action="store_true",
+                   help="only measure every model's training speed (80 steps) and print the epochs --budget-minutes fits")
     p.add_argument("--smoke", action="store_true", help="tiny data and epochs (validates the script on a CPU)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX .gz files "
                    "(default: $VSSM_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist)")
@@ -178,6 +180,13 @@ def main() -> int:
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or 'cpu'})"
+    if args.probe_only:
+        for name in names:
+            speed = probe(args, name)
+            epoch_s = 60000 / speed["img_per_s"] + speed["eval_s"]
+            print(f"probe {name}: {speed['img_per_s']:.0f} img/s, {epoch_s:.1f} s/epoch, "
+                  f"{int((args.budget_minutes * 60 - 30) // epoch_s)} epochs in {args.budget_minutes} min", flush=True)
+        return 0
     plan_path = os.path.join(args.out, "plan.json")
     plan = json.load(open(plan_path)) if os.path.exists(plan_path) else {}
     if args.epochs:

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
 
 
-def estimate_epoch_seconds(cfg: dict, device, n_train: int, n_val: int = 10000, steps: int = 6) -> float:
-    """Seconds per epoch of ``cfg``'s model on ``device``: a few timed training steps on random data, plus the
+def estimate_epoch_seconds(cfg: dict, device, n_train: int, n_val: int = 10000, steps: int = 10) -> float:
+    """Seconds per epoch of ``cfg``'s model on ``device``: the median of a few timed training steps on random data, plus the
     evaluation of the test set (forward only, about a third of a training step per image)."""
     import torch
     import torch.nn.functional as F
@@ -50,15 +50,16 @@ def estimate_epoch_seconds(cfg: dict, device, n_train: int, n_val: int = 10000, 
         loss.backward()
         opt.step()
 
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(3):  # the first steps pay for allocations and kernel selection
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    per_image = (time.perf_counter() - t0) / (steps * cfg["batch_size"])
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    per_image = sorted(times)[len(times) // 2] / cfg["batch_size"]  # the median: robust to a busy moment
     torch.set_rng_state(state)
     evals = 2 if cfg.get("ema") else 1
     return per_image * (n_train + evals * n_val / 3)

@@ -12,8 +12,6 @@ import argparse
 import contextlib
 import gc
 import json
-import os
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -147,19 +145,10 @@ def markdown(rows: List[dict], modes: Sequence[str] = MODES) -> str:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """JSON written as checkpoints are (temp file, fsync, rename): a crash never leaves half a results file."""
+    from .train.checkpointing import atomic_write
+
+    atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -186,24 +186,33 @@ def linear_scan(a: Tensor, b: Tensor) -> Tensor:
     the half-length problem is solved recursively for the odd positions and the even positions are filled from
     their left neighbour. Only products of decays are formed, never divisions, so it is stable for any decay.
     """
-    length = b.shape[-1]
-    if length == 1:
-        return b
-    pairs = length // 2
-    a_even, a_odd = a[..., 0 : 2 * pairs : 2], a[..., 1 : 2 * pairs : 2]
-    b_even, b_odd = b[..., 0 : 2 * pairs : 2], b[..., 1 : 2 * pairs : 2]
-    h_odd = linear_scan(a_odd * a_even, torch.addcmul(b_odd, a_odd, b_even))
-    h = torch.empty_like(b)
-    h[..., 1::2] = h_odd
-    h[..., 0] = b[..., 0]
-    torch.addcmul(b[..., 2::2], a[..., 2::2], h_odd[..., : (length - 1) // 2], out=h[..., 2::2])
+    h = b.clone()
+    _linear_scan_(a, h)
     return h
+
+
+def _linear_scan_(a: Tensor, h: Tensor, a_is_scratch: bool = False) -> None:
+    """:func:`linear_scan` in place: ``h`` holds b on entry and the states on return. ``a`` is left as it was
+    unless ``a_is_scratch`` (then its odd positions are overwritten). Fresh large tensors cost page faults on CPU
+    (several times the arithmetic), so every level works in the two buffers plus one half-length product."""
+    length = h.shape[-1]
+    if length == 1:
+        return
+    end = 2 * (length // 2)
+    a_even, a_odd = a[..., 0:end:2], a[..., 1:end:2]
+    h_odd = h[..., 1:end:2]
+    h_odd.addcmul_(a_odd, h[..., 0:end:2])  # (a_odd, b_odd + a_odd * b_even): each pair composed
+    pair_decay = a_odd.mul_(a_even) if a_is_scratch else a_odd * a_even
+    _linear_scan_(pair_decay, h_odd, a_is_scratch=True)  # states at the odd positions
+    h[..., 2::2].addcmul_(a[..., 2::2], h[..., 1 : length - 1 : 2])  # even positions from their left neighbour
 
 
 def _reverse_linear_scan(a: Tensor, c: Tensor) -> Tensor:
     """g_t = a_{t+1} * g_{t+1} + c_t, g_L = 0: the adjoint of :func:`linear_scan`."""
-    a_next = torch.cat([a[..., 1:], torch.zeros_like(a[..., :1])], dim=-1)
-    return linear_scan(a_next.flip(-1), c.flip(-1)).flip(-1)
+    a_next = torch.cat([a[..., 1:], torch.ones_like(a[..., :1])], dim=-1).flip(-1)
+    g = c.flip(-1)
+    _linear_scan_(a_next, g, a_is_scratch=True)
+    return g.flip(-1)
 
 
 def _states(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, bias: Tensor, softplus: bool):
@@ -213,8 +222,9 @@ def _states(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, bias: Tensor, softpl
     """
     z = delta + bias[..., None]
     dt = F.softplus(z) if softplus else z
-    a = torch.exp(dt[:, :, None, :] * A[..., None])
-    h = linear_scan(a, (dt * u)[:, :, None, :] * B[:, None])
+    a = (dt[:, :, None, :] * A[..., None]).exp_()
+    h = (dt * u)[:, :, None, :] * B[:, None]
+    _linear_scan_(a, h)
     return z, dt, a, h
 
 
@@ -273,8 +283,8 @@ def _torch_forward(args: _GroupedInputs, softplus: bool, out_dtype: torch.dtype)
     for rows, chans in _blocks(batch * groups, group_size, n_state, length, args.u.device):
         u, delta, A, B, C, D, bias = args.block(rows, chans)
         _, _, _, h = _states(u, delta, A, B, bias, softplus)
-        y = h[:, :, 0] * C if n_state == 1 else torch.einsum("rdnl,rnl->rdl", h, C)
-        out[rows, chans] = torch.addcmul(y, D[..., None], u)
+        y = h[:, :, 0].mul_(C) if n_state == 1 else torch.einsum("rdnl,rnl->rdl", h, C)
+        out[rows, chans] = y.addcmul_(D[..., None], u)
     return out.view(batch, groups * group_size, length)
 
 

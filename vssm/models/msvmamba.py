@@ -19,17 +19,15 @@ inherits its timm API (``forward_features``, ``forward_head``, ``forward_interme
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Optional, Sequence, Union
+import functools
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 
 from .._registry import register_family, register_vssm_model
-from ..layers.common import Permute, downsample_conv, downsample_v1, make_norm, patch_embed_v1, patch_embed_v2
 from ..layers.ms2d import MSVSSBlock
 from .vmamba import VSSM, checkpoint_filter_fn
 
@@ -95,135 +93,27 @@ def detect_generation(forward_type: str = "v2", **kwargs) -> int:
 class MSVSSM(VSSM):
     """MSVMamba backbone + classifier, from the official ``VSSM`` keyword arguments of either generation.
 
-    vssm arguments beyond the official ones: ``generation`` (1 or 3; detected from the arguments when None),
-    ``channel_first`` (run in the other layout than ``norm_layer`` implies: same weights, same function),
-    ``global_pool`` ("avg" or ""), ``scan_backend`` (see :func:`vssm.ops.selective_scan`).
+    The skeleton (stem, stages, downsampling, head, timm API) is :class:`VSSM`'s; the blocks are
+    :class:`MSVSSBlock`. vssm arguments beyond the official ones: ``generation`` (1 or 3; detected from the
+    arguments when None), and VSSM's ``channel_first``, ``global_pool``, ``scan_backend``.
     """
 
-    def __init__(
-        self,
-        patch_size: int = 4,
-        in_chans: int = 3,
-        num_classes: int = 1000,
-        depths: Sequence[int] = (2, 2, 9, 2),
-        dims: Union[int, Sequence[int]] = (96, 192, 384, 768),
-        ssm_d_state: int = 16,
-        ssm_ratio: float = 2.0,
-        ssm_dt_rank="auto",
-        ssm_act_layer="silu",
-        ssm_conv: int = 3,
-        ssm_conv_bias: bool = True,
-        ssm_drop_rate: float = 0.0,
-        ssm_init: str = "v0",
-        forward_type: str = "v2",
-        mlp_ratio: float = 4.0,
-        mlp_act_layer="gelu",
-        mlp_drop_rate: float = 0.0,
-        gmlp: bool = False,
-        drop_path_rate: float = 0.1,
-        patch_norm: bool = True,
-        norm_layer: str = "ln",
-        downsample_version: str = "v2",
-        patchembed_version: str = "v1",
-        use_checkpoint: bool = False,
-        posembed: bool = False,
-        imgsize: int = 224,
-        generation: Optional[int] = None,
-        channel_first: Optional[bool] = None,
-        global_pool: str = "avg",
-        scan_backend: str = "auto",
-        **kwargs,
-    ):
-        nn.Module.__init__(self)  # VSSM's structure and API, MSVMamba's blocks: VSSM.__init__ is not run
-        gen = self.generation = detect_generation(forward_type, generation=generation, **kwargs)
+    def __init__(self, *, generation: Optional[int] = None, **kwargs):
+        super().__init__(generation=generation, **kwargs)
+
+    def _block_factory(
+        self, forward_type: str, ssm_ratio: float, ssm_init: str, native_channel_first: bool, extra: dict
+    ) -> Callable[..., nn.Module]:
+        gen = self.generation = detect_generation(forward_type, **extra)
         known = _GEN1_KWARGS if gen == 1 else _GEN3_KWARGS
-        unknown = set(kwargs) - known
+        unknown = set(extra) - known - {"generation"}
         if unknown:
             raise TypeError(f"MSVSSM (generation {gen}) got unexpected keyword arguments {sorted(unknown)}")
-        if isinstance(dims, int):
-            dims = [dims * 2**i for i in range(len(depths))]
-        self.dims = list(dims)
-        self.num_layers = len(depths)
-        block_args = self._block_options(gen, forward_type, ssm_ratio, kwargs)
-        ssm_init = block_args.pop("ssm_init", ssm_init)
-
-        norm_kind = str(norm_layer).lower()
-        if norm_kind not in ("ln", "ln2d", "bn"):
-            raise ValueError(
-                f"norm_layer must be 'ln' (channel-last), 'ln2d' or 'bn' (channel-first), got {norm_layer!r}"
-            )
-        native_channel_first = norm_kind != "ln"
-        self.channel_first = native_channel_first if channel_first is None else bool(channel_first)
-        if norm_kind == "bn" and not self.channel_first:
-            raise ValueError("norm_layer='bn' (BatchNorm2d) needs the channel-first layout")
+        block_args = self._block_options(gen, forward_type, ssm_ratio, extra)
+        block_args.setdefault("ssm_init", ssm_init)
         # Generation 3's official block post-normalises the ConvFFN branch only in its channel-first code path.
         block_args["ffn_post_norm"] = gen == 3 and native_channel_first
-        self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = self.dims[-1]
-        self.global_pool = global_pool
-        self.grad_checkpointing = use_checkpoint
-        norm = make_norm(self.channel_first, "bn" if norm_kind == "bn" else "ln")
-
-        embed = {"v1": patch_embed_v1, "v2": patch_embed_v2}.get(patchembed_version)
-        if embed is None:
-            raise ValueError(f"patchembed_version must be 'v1' or 'v2', got {patchembed_version!r}")
-        self.patch_embed = embed(in_chans, self.dims[0], patch_size, self.channel_first, patch_norm)
-        self.pos_embed = None
-        if posembed:
-            grid = imgsize // patch_size
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.dims[0], grid, grid))
-            trunc_normal_(self.pos_embed, std=0.02)
-
-        if downsample_version not in ("v1", "v2", "v3", "none"):
-            raise ValueError(f"downsample_version must be 'v1', 'v2', 'v3' or 'none', got {downsample_version!r}")
-        drop_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-        self.layers = nn.ModuleList()
-        self.feature_info = []
-        for i, depth in enumerate(depths):
-            blocks = [
-                MSVSSBlock(
-                    hidden_dim=self.dims[i],
-                    drop_path=drop_rates[sum(depths[:i]) + j],
-                    norm_layer=norm,
-                    channel_first=self.channel_first,
-                    ssm_d_state=ssm_d_state,
-                    ssm_ratio=ssm_ratio,
-                    ssm_dt_rank=ssm_dt_rank,
-                    ssm_act_layer=ssm_act_layer,
-                    ssm_conv=ssm_conv,
-                    ssm_conv_bias=ssm_conv_bias,
-                    ssm_drop_rate=ssm_drop_rate,
-                    ssm_init=ssm_init,
-                    mlp_ratio=mlp_ratio,
-                    mlp_act_layer=mlp_act_layer,
-                    mlp_drop_rate=mlp_drop_rate,
-                    gmlp=gmlp,
-                    scan_backend=scan_backend,
-                    **block_args,
-                )
-                for j in range(depth)
-            ]
-            last = i == self.num_layers - 1
-            if last or downsample_version == "none":
-                downsample = nn.Identity()
-            elif downsample_version == "v1":
-                downsample = downsample_v1(self.dims[i], self.dims[i + 1], self.channel_first)
-            else:
-                kernel = 2 if downsample_version == "v2" else 3
-                downsample = downsample_conv(self.dims[i], self.dims[i + 1], self.channel_first, kernel)
-            self.layers.append(nn.Sequential(OrderedDict(blocks=nn.Sequential(*blocks), downsample=downsample)))
-            self.feature_info.append(dict(num_chs=self.dims[i], reduction=patch_size * 2**i, module=f"layers.{i}"))
-
-        self.classifier = nn.Sequential(
-            OrderedDict(
-                norm=norm(self.num_features),
-                permute=nn.Identity() if self.channel_first else Permute(0, 3, 1, 2),
-                avgpool=nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity(),
-                flatten=nn.Flatten(1) if global_pool else nn.Identity(),
-                head=nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity(),
-            )
-        )
-        self.apply(self._init_weights)
+        return functools.partial(MSVSSBlock, **block_args)
 
     def _block_options(self, gen: int, forward_type: str, ssm_ratio: float, kwargs: dict) -> dict:
         """Check the generation-specific official arguments and turn them into MSVSSBlock options."""

@@ -10,9 +10,10 @@ layout; ``forward_intermediates`` returns (B, C, H, W) maps by default.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -42,7 +43,12 @@ _IGNORED_OFFICIAL_KWARGS = {"ssm_rank_ratio", "ssm_simple_init"}
 
 
 class VSSM(nn.Module):
-    """VMamba backbone + classifier with the official constructor arguments (spec §1.1 for their meaning)."""
+    """VMamba backbone + classifier with the official constructor arguments (spec §1.1 for their meaning).
+
+    vssm arguments beyond the official ones: ``channel_first`` (run in the other layout than ``norm_layer``
+    implies: same weights, same function), ``global_pool`` ("avg" or ""), ``scan_backend`` (see
+    :func:`vssm.ops.selective_scan`).
+    """
 
     def __init__(
         self,
@@ -72,22 +78,24 @@ class VSSM(nn.Module):
         use_checkpoint: bool = False,
         posembed: bool = False,
         imgsize: int = 224,
+        channel_first: Optional[bool] = None,
         global_pool: str = "avg",
         scan_backend: str = "auto",
         **kwargs,
     ):
         super().__init__()
-        unknown = set(kwargs) - _IGNORED_OFFICIAL_KWARGS
-        if unknown:
-            raise TypeError(f"VSSM got unexpected keyword arguments {sorted(unknown)}")
         norm_kind = str(norm_layer).lower()
         if norm_kind not in ("ln", "ln2d", "bn"):
             raise ValueError(f"norm_layer must be 'ln' (channel-last), 'ln2d' or 'bn' (channel-first), got {norm_layer!r}")
-        self.channel_first = norm_kind != "ln"
+        native_channel_first = norm_kind != "ln"
+        self.channel_first = native_channel_first if channel_first is None else bool(channel_first)
+        if norm_kind == "bn" and not self.channel_first:
+            raise ValueError("norm_layer='bn' (BatchNorm2d) needs the channel-first layout")
         if isinstance(dims, int):
             dims = [dims * 2**i for i in range(len(depths))]
         self.dims = list(dims)
         self.num_layers = len(depths)
+        make_block = self._block_factory(forward_type, ssm_ratio, ssm_init, native_channel_first, kwargs)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.dims[-1]
         self.global_pool = global_pool
@@ -111,7 +119,7 @@ class VSSM(nn.Module):
         self.feature_info = []
         for i, depth in enumerate(depths):
             blocks = [
-                VSSBlock(
+                make_block(
                     hidden_dim=self.dims[i],
                     drop_path=drop_rates[sum(depths[:i]) + j],
                     norm_layer=norm,
@@ -123,8 +131,6 @@ class VSSM(nn.Module):
                     ssm_conv=ssm_conv,
                     ssm_conv_bias=ssm_conv_bias,
                     ssm_drop_rate=ssm_drop_rate,
-                    ssm_init=ssm_init,
-                    forward_type=forward_type,
                     mlp_ratio=mlp_ratio,
                     mlp_act_layer=mlp_act_layer,
                     mlp_drop_rate=mlp_drop_rate,
@@ -154,6 +160,16 @@ class VSSM(nn.Module):
             )
         )
         self.apply(self._init_weights)
+
+    def _block_factory(
+        self, forward_type: str, ssm_ratio: float, ssm_init: str, native_channel_first: bool, extra: dict
+    ) -> Callable[..., nn.Module]:
+        """Check the constructor's remaining keyword arguments ``extra`` and return the block constructor, called with
+        the arguments every block shares (the hook through which MSVSSM builds its blocks into this skeleton)."""
+        unknown = set(extra) - _IGNORED_OFFICIAL_KWARGS
+        if unknown:
+            raise TypeError(f"VSSM got unexpected keyword arguments {sorted(unknown)}")
+        return functools.partial(VSSBlock, forward_type=forward_type, ssm_init=ssm_init)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

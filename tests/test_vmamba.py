@@ -195,3 +195,19 @@ def test_bad_configuration_errors():
         small_model()(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match="unknown model 'vmamba_huge'"):
         vssm.create_model("vmamba_huge")
+
+
+@pytest.mark.parametrize("norm_layer", ["ln", "ln2d"])
+def test_channel_first_override_keeps_the_function(norm_layer):
+    """channel_first= runs a model in the other layout than its norm_layer implies, with the same weights."""
+    torch.manual_seed(1)
+    kwargs = dict(dims=16, depths=[1, 1], ssm_d_state=1, ssm_ratio=1.0, forward_type="v05_noz", mlp_ratio=2.0,
+                  norm_layer=norm_layer, downsample_version="v3", patchembed_version="v2", num_classes=5)
+    native = vssm.build_official("vmamba", **kwargs).eval()
+    other = vssm.build_official("vmamba", channel_first=norm_layer == "ln", **kwargs).eval()
+    assert other.channel_first != native.channel_first
+    other.load_state_dict(native.state_dict())
+    x = torch.randn(2, 3, 37, 29)
+    torch.testing.assert_close(other(x), native(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the channel-first layout"):
+        vssm.build_official("vmamba", **dict(kwargs, norm_layer="bn"), channel_first=False)

@@ -31,6 +31,9 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead"],
+                   help="torch.compile the model with this mode (reduce-overhead: CUDA graphs); warm-up includes it")
+    p.add_argument("--no-profile", action="store_true", help="only time the steps")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -41,12 +44,13 @@ def main() -> int:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run_model = model if args.compile == "none" else torch.compile(model, mode=args.compile)
     x = torch.randn(args.batch, args.in_chans, args.img_size, args.img_size, device=device)
     y = torch.randint(0, args.num_classes, (args.batch,), device=device)
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(run_model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -56,14 +60,22 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    start = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync()
+    warmup_seconds = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync()
     seconds = (time.perf_counter() - start) / args.steps
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{args.model}, batch {args.batch}, {args.img_size}px, amp {args.amp}, compile {args.compile}, {name}: "
+          f"{seconds * 1000:.1f} ms per step, {args.batch / seconds:.0f} img/s (unprofiled; warm-up "
+          f"{warmup_seconds:.1f} s)", flush=True)
+    if args.no_profile:
+        return 0
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -73,9 +85,6 @@ def main() -> int:
         sync()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"{args.model}, batch {args.batch}, {args.img_size}px, amp {args.amp}, {name}: "
-          f"{seconds * 1000:.1f} ms per step, {args.batch / seconds:.0f} img/s (unprofiled)")
     print(table)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -304,3 +304,23 @@ def test_weight_decay_groups():
     assert any(n.endswith("A_logs") for n in official) and any(n.endswith("dt_projs_bias") for n in official)
     assert not any(n.endswith(("Ds", ".bias")) for n in official)
     assert ours | {n for n in official if n.endswith(("A_logs", "dt_projs_bias"))} == official
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch, capsys):
+    """--compile --compile-mode reduce-overhead hands the mode to torch.compile (recorded here instead of compiling:
+    the compilation itself needs a C++ compiler on CPU and is measured on the GPU, benchmarks/profile_step.py)."""
+    from vssm.cli import main
+
+    modes = []
+
+    def fake_compile(model, mode=None, **kwargs):
+        modes.append(mode)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    args = ["train", *TINY, "--epochs", "1", "--no-plot", "--progress", "none", "--threads", "1",
+            "--output", str(tmp_path / "run"), "--compile", "--compile-mode", "reduce-overhead"]
+    assert main(args) == 0
+    assert modes == ["reduce-overhead"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["compile"] is True and config["compile_mode"] == "reduce-overhead"

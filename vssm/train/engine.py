@@ -467,7 +467,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
 
         ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=bool(cfg.get("ema_warmup")), warmup_power=3 / 4)
     if cfg.get("compile"):
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, mode=cfg.get("compile_mode") or "default")
 
     mixup_fn = None
     if (cfg.get("mixup") or 0) > 0 or (cfg.get("cutmix") or 0) > 0:

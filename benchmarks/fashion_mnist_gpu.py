@@ -92,6 +92,12 @@ def probe(args, name: str) -> Dict[str, float]:
     return {"img_per_s": max(speeds[1:] or speeds), "eval_s": epoch.get("eval_time", 0.0)}
 
 
+def epochs_in_budget(speed: Dict[str, float], n_train: int, budget_minutes: float, max_epochs: int):
+    """(seconds per epoch, epochs that fit the budget) from a probe; 30 s go to start-up, data and export."""
+    epoch_s = n_train / speed["img_per_s"] + speed["eval_s"]  # eval_s: model + EMA on the 10k test images
+    return epoch_s, max(1, min(max_epochs, int((budget_minutes * 60 - 30) // epoch_s)))
+
+
 def write_tables(out: str, rows: List[dict], plan: dict) -> None:
     rows = sorted(rows, key=lambda r: (not r["model_name"].startswith("vmamba"), r["model_name"]))
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -183,9 +189,9 @@ def main() -> int:
     if args.probe_only:
         for name in names:
             speed = probe(args, name)
-            epoch_s = 60000 / speed["img_per_s"] + speed["eval_s"]
+            epoch_s, epochs = epochs_in_budget(speed, 60000, args.budget_minutes, args.max_epochs)
             print(f"probe {name}: {speed['img_per_s']:.0f} img/s, {epoch_s:.1f} s/epoch, "
-                  f"{int((args.budget_minutes * 60 - 30) // epoch_s)} epochs in {args.budget_minutes} min", flush=True)
+                  f"{epochs} epochs in {args.budget_minutes} min", flush=True)
         return 0
     plan_path = os.path.join(args.out, "plan.json")
     plan = json.load(open(plan_path)) if os.path.exists(plan_path) else {}
@@ -194,9 +200,7 @@ def main() -> int:
     elif "epochs" not in plan:
         speed = probe(args, names[0])
         n_train = 512 if args.smoke else 60000
-        epoch_s = n_train / speed["img_per_s"] + speed["eval_s"]  # eval_s: model + EMA on the 10k test images
-        budget = args.budget_minutes * 60 - 30  # start-up, data, export
-        epochs = max(1, min(args.max_epochs, int(budget // epoch_s)))
+        epoch_s, epochs = epochs_in_budget(speed, n_train, args.budget_minutes, args.max_epochs)
         plan.update(epochs=epochs, source=f"probe of {names[0]}: {speed['img_per_s']:.0f} img/s, "
                                           f"{epoch_s:.1f} s/epoch, budget {args.budget_minutes} min")
         print(f"plan: {epochs} epochs ({plan['source']})", flush=True)

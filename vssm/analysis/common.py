@@ -130,9 +130,9 @@ def create_analysis_model(
     ``img_size``: passed to timm models whose size is fixed at construction (ViT, Swin), so they run at that size.
     ``meta``: build on the meta device (no memory, no initialisation), for shape-only work such as FLOP counting.
     """
-    import timm
+    import contextlib
 
-    from ..checkpoint import load_checkpoint
+    from ..factory import create_model
 
     info = checkpoint_info(checkpoint) if checkpoint is not None else {}
     key = ("model_ema" if info.get("has_ema") else "model") if info.get("kind") == "training" else "auto"
@@ -140,18 +140,8 @@ def create_analysis_model(
         kwargs = {**checkpoint_model_kwargs(name, checkpoint, info), **kwargs}
     if img_size is not None and _accepts_img_size(name):
         kwargs.setdefault("img_size", tuple(img_size))
-    try:
-        if meta:
-            with torch.device("meta"):
-                model = timm.create_model(name, **kwargs)
-        else:
-            model = timm.create_model(name, **kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise ValueError(f"unknown model {name!r}; see vssm.list_models() or timm.list_models()") from err
-        raise
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint, key=key)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        model = create_model(name, checkpoint=checkpoint, checkpoint_key=key, **kwargs)
     if info:
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         if info.get("mean") and info.get("std"):

@@ -191,7 +191,8 @@ def bandwidth(report):
 
 
 def sweep(report):
-    """Launch configs of the fused op at stage-1 shapes (bf16 inputs): forward, then backward for the best few."""
+    """Launch configs of the fused op at stage-1 shapes (bf16 inputs): forward (the sequential kernel and the
+    chunked associative-scan kernel), then backward; the fastest of each is kept for the rest of the run."""
     from vssm.ops import triton_ops
 
     B, E, H, W, K, R = 128, 96, 56, 56, 4, 6
@@ -202,25 +203,27 @@ def sweep(report):
     A = -torch.rand(K * E, 1, device=DEV) - 0.5
     Dv = torch.randn(K * E, device=DEV)
     dy = torch.randn(B, E, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
+    chunked = dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2, CPP=1 << 30)
+    forward = [dict(chunked, SEQ=True, BLOCK_D=32, num_warps_seq=1), dict(chunked, SEQ=True, BLOCK_D=64, num_warps_seq=2),
+               dict(chunked, SEQ=True, BLOCK_D=128, num_warps_seq=4), chunked, dict(chunked, CPP=8)]
+    seq_bwd = dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4, SEQ=True, CHUNK=64, num_warps_seq=1)
+    backward = [seq_bwd, dict(seq_bwd, CHUNK=32), dict(seq_bwd, CHUNK_SUMS=False), dict(seq_bwd, BLOCK_D=64, num_warps_seq=2),
+                dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4)]
     rows = []
-    for backward, configs in ((False, [(64, 32, 2, 2, 1 << 30), (64, 32, 2, 2, 1), (64, 32, 2, 2, 2), (64, 32, 2, 2, 4),
-                                       (64, 32, 2, 2, 8), (32, 32, 2, 2, 2), (128, 32, 2, 4, 1), (32, 32, 2, 4, 4)]),
-                              (True, [(32, 32, 2, 4, 0), (16, 32, 2, 4, 0), (64, 32, 2, 2, 0)])):
+    for is_backward, configs in ((False, forward), (True, backward)):
         timed = []
-        for bl, bd, st, nw, cpp in configs:
-            triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw,
-                                                      **({} if backward else {"CPP": cpp}))
-            if backward:
+        for cfg in configs:
+            triton_ops.CONFIGS[True, is_backward] = dict(cfg)
+            if is_backward:
                 ms = 1e3 * time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d"), iters=5, warmup=1)
             else:
                 ms = 1e3 * time_cuda(lambda: cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv), iters=10, warmup=2)
-            timed.append((ms, (bl, bd, st, nw, cpp)))
-            rows.append({"backward": backward, "cfg": (bl, bd, st, nw, cpp), "ms": ms})
-            print(f"[{elapsed()}] {'bwd' if backward else 'fwd'} cfg L{bl} D{bd} stages{st} warps{nw} cpp{cpp}: {ms:.3f} ms", flush=True)
-        ms, (bl, bd, st, nw, cpp) = min(timed)
-        triton_ops.CONFIGS[True, backward] = dict(BLOCK_L=bl, BLOCK_D=bd, NUM_STAGES=st, num_warps=nw,
-                                                  **({} if backward else {"CPP": cpp}))
-        print(f"best {'bwd' if backward else 'fwd'}: {(bl, bd, st, nw, cpp)} {ms:.3f} ms")
+            timed.append((ms, len(timed)))
+            rows.append({"backward": is_backward, "cfg": cfg, "ms": ms})
+            print(f"[{elapsed()}] {'bwd' if is_backward else 'fwd'} {cfg}: {ms:.3f} ms", flush=True)
+        ms, best = min(timed)
+        triton_ops.CONFIGS[True, is_backward] = dict(configs[best])
+        print(f"best {'bwd' if is_backward else 'fwd'}: {configs[best]} {ms:.3f} ms")
     report.append({"check": "sweep", "rows": rows, "chosen": {str(k): v for k, v in triton_ops.CONFIGS.items()}})
 
 

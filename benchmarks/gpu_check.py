@@ -191,8 +191,8 @@ def bandwidth(report):
 
 
 def sweep(report):
-    """Launch configs of the fused op at stage-1 shapes (bf16 inputs): forward (the sequential kernel and the
-    chunked associative-scan kernel), then backward; the fastest of each is kept for the rest of the run."""
+    """Launch configs of the fused op at stage-1 shapes (bf16 inputs): forward, then backward; the fastest of each
+    is kept for the rest of the run."""
     from vssm.ops import triton_ops
 
     B, E, H, W, K, R = 128, 96, 56, 56, 4, 6
@@ -204,11 +204,8 @@ def sweep(report):
     Dv = torch.randn(K * E, device=DEV)
     dy = torch.randn(B, E, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
     chunked = dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2, CPP=1 << 30)
-    forward = [dict(chunked, SEQ=True, BLOCK_D=32, num_warps_seq=1), dict(chunked, SEQ=True, BLOCK_D=64, num_warps_seq=2),
-               dict(chunked, SEQ=True, BLOCK_D=128, num_warps_seq=4), chunked, dict(chunked, CPP=8)]
-    seq_bwd = dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4, SEQ=True, CHUNK=64, num_warps_seq=1)
-    backward = [seq_bwd, dict(seq_bwd, CHUNK=32), dict(seq_bwd, CHUNK_SUMS=False), dict(seq_bwd, BLOCK_D=64, num_warps_seq=2),
-                dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4)]
+    forward = [chunked, dict(chunked, BLOCK_L=32), dict(chunked, num_warps=4), dict(chunked, CPP=8)]
+    backward = [dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4), dict(BLOCK_L=16, BLOCK_D=32, NUM_STAGES=2, num_warps=4)]
     rows = []
     for is_backward, configs in ((False, forward), (True, backward)):
         timed = []

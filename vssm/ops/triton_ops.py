@@ -40,10 +40,10 @@ _ORDERS = {"unidi": 0, "cross2d": 1, "bidi": 2}
 # {(N == 1, backward): launch config}; measured on an H100 with benchmarks/gpu_check.py --sweep
 # CPP: chunks per program in the forward (a sequence longer than that is split into runs scanned in parallel)
 CONFIGS = {
-    (True, False): dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2, CPP=1 << 30, SEQ=True, num_warps_seq=1),
-    (True, True): dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4, SEQ=True, CHUNK=64, num_warps_seq=1),
-    (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, CPP=1 << 30, SEQ=True, num_warps_seq=1),
-    (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, SEQ=True, CHUNK=64, num_warps_seq=1),
+    (True, False): dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2, CPP=1 << 30),
+    (True, True): dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4),
+    (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, CPP=1 << 30),
+    (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
 
@@ -129,15 +129,6 @@ def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]
 def _forward(op: _Scan, y: Tensor, sy: Strides) -> None:
     """Run the forward kernel into y (zero-filled fp32 when merging: the directions add into it)."""
     cfg = op.config()
-    if cfg.pop("SEQ", False):
-        length = op.H * op.W
-        kernels._scan_fwd_seq_kernel[op.grid(cfg["BLOCK_D"])](
-            *op.common(), y, op.A, op.E, op.H, op.W, length, 1, op.R,
-            *op.su, *op.sdl, *op.sb, *op.sc, *sy,
-            **op.flags(), SAVE_STATES=False, STORE_Y=True, CHUNK=1 << 30, BLOCK_D=cfg["BLOCK_D"],
-            BLOCK_N=cfg["BLOCK_N"], BLOCK_R=triton.next_power_of_2(max(op.R, 1)), num_warps=cfg["num_warps_seq"],
-        )
-        return
     chunks_per_run = cfg.pop("CPP")
     length = op.H * op.W
     n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
@@ -158,35 +149,13 @@ def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl
     with atomic adds: zero-filled fp32);
     returns (dA, dD, dbias, dW) fp32."""
     cfg = op.config(backward=True)
+    states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
     length = op.H * op.W
     f32 = dict(device=op.u.device, dtype=torch.float32)
     dA = torch.zeros((op.K * op.E, op.N), **f32)
     dD = torch.zeros((op.K * op.E,), **f32)
     dbias = torch.zeros((op.K * op.E,), **f32)
     dW = torch.zeros((op.K, op.E, op.R), **f32) if op.R else dA
-    if cfg.pop("SEQ", False):
-        chunk, block_d, block_n = cfg["CHUNK"], cfg["BLOCK_D"], cfg["BLOCK_N"]
-        block_r = triton.next_power_of_2(max(op.R, 1))
-        n_chunks = triton.cdiv(length, chunk)
-        grid = op.grid(block_d)
-        states = torch.empty((op.batch, op.K, op.E, n_chunks, op.N), **f32)
-        kernels._scan_fwd_seq_kernel[grid](
-            *op.common(), op.A, states, op.E, op.H, op.W, length, n_chunks, op.R,
-            *op.su, *op.sdl, *op.sb, *op.sc, 0, 0, 0, 0, 0,
-            **op.flags(), SAVE_STATES=True, STORE_Y=False, CHUNK=chunk, BLOCK_D=block_d, BLOCK_N=block_n,
-            BLOCK_R=block_r, num_warps=cfg["num_warps_seq"],
-        )
-        scratch = torch.empty((grid[0] * grid[1] * chunk * block_d * (1 + 3 * block_n),), **f32)
-        kernels._scan_bwd_seq_kernel[grid](
-            *op.common(), dy, states, scratch, du, ddl, dW, dbias, dA, dD, dB, dC,
-            op.E, op.H, op.W, length, n_chunks, op.R,
-            *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sddl, *sdb, *sdc,
-            **op.flags(), CHUNK=chunk, BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_R=block_r,
-            CHUNK_SUMS=cfg.get("CHUNK_SUMS", True), BLOCK_W=max(16, triton.next_power_of_2(op.R + 1)),
-            num_warps=cfg["num_warps_seq"],
-        )
-        return dA, dD, dbias, (dW if op.R else None)
-    states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
     kernels._scan_bwd_kernel[op.grid(cfg["BLOCK_D"])](
         *op.common(), dy, states, du, ddl, dW, dbias, dA, dD, dB, dC,
         op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]), op.R,

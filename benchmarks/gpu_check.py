@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -228,7 +227,6 @@ def profile(out_dir):
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     model = vssm.create_model("vmamba_tiny_s1l8").to(DEV)
-    x = torch.randn(128, 3, 224, 224, device=DEV)
     for mode in ("bf16", "train_fp16"):
         benchmark.measure(model, mode, warmup=3, iters=2)
         with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:

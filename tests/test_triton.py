@@ -159,3 +159,41 @@ def test_split_sequences_match(monkeypatch):
     monkeypatch.setattr(triton_ops, "CONFIGS", configs)
     test_fused_ss2d_matches_composition((1, 6, 9, 8, 1, 3, "cross2d", True))
     test_plain_kernel_matches_torch_backend((1, 4, 5, 1, 70))
+
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from vssm.ops.triton_scan import _divmod
+
+    @triton.jit
+    def _divmod_kernel(p_ptr, q_ptr, r_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        q, r = _divmod(tl.load(p_ptr + offs), n)
+        tl.store(q_ptr + offs, q)
+        tl.store(r_ptr + offs, r)
+
+
+def test_pixel_divmod_exact():
+    """The kernels' fp32-reciprocal p // n, p % n is exact for every position below MAX_LENGTH (n up to 2**19)."""
+    from vssm.ops import triton_ops
+
+    block = 1 << 16 if DEV == "cpu" else 1024
+    p = torch.arange(triton_ops.MAX_LENGTH, device=DEV, dtype=torch.int32)
+    for n in (1, 3, 7, 47, 56, 97, 1000, 1023, 4096, 65535, 1 << 19):
+        q, r = torch.empty_like(p), torch.empty_like(p)
+        _divmod_kernel[(p.numel() // block,)](p, q, r, n, BLOCK=block)
+        assert torch.equal(q, p // n), n
+        assert torch.equal(r, p % n), n
+
+
+def test_too_long_sequence_is_a_clear_error():
+    from vssm.ops import triton_ops
+
+    side = 1024  # 1024 x 1024 = MAX_LENGTH positions
+    u = torch.randn(1, 1, side, side, device=DEV)
+    x_dbl = torch.randn(1, 4 * 3, side, side, device=DEV)
+    with pytest.raises(ValueError, match="backend='torch'"):
+        triton_ops.cross_selective_scan(u, x_dbl, torch.randn(4, 1, 1, device=DEV), torch.zeros(4, 1, device=DEV),
+                                        -torch.ones(4, 1, device=DEV), torch.ones(4, device=DEV))

@@ -46,6 +46,7 @@ CONFIGS = {
     (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
+MAX_LENGTH = 1 << 20  # triton_scan._divmod is exact below this many positions
 
 
 def triton_usable(t: Tensor) -> bool:
@@ -80,6 +81,13 @@ class _Scan:
     merge: bool
     softplus: bool
 
+    def __post_init__(self) -> None:
+        if self.H * self.W >= MAX_LENGTH:
+            raise ValueError(
+                f"the Triton scan handles sequences of fewer than {MAX_LENGTH} positions (its pixel index math is "
+                f"exact up to there), got {self.H} x {self.W} = {self.H * self.W}; use backend='torch' for this input"
+            )
+
     def config(self, backward: bool = False) -> dict:
         """Tile sizes and launch options (BLOCK_D, BLOCK_R >= 16: tl.dot's minimum)."""
         cfg = dict(CONFIGS[self.N == 1, backward])
@@ -103,7 +111,7 @@ class _Scan:
 
     def flags(self):
         return dict(K=self.K, N=self.N, DT_PROJ=self.R > 0, ORDER=self.order, MERGE=self.merge, SOFTPLUS=self.softplus,
-                    HAS_D=self.D is not None, HAS_BIAS=self.bias is not None)
+                    HAS_D=self.D is not None, HAS_BIAS=self.bias is not None, FAST_MATH=self.u.is_cuda)
 
 
 def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]:

@@ -39,36 +39,56 @@ def _direction(k, ORDER: tl.constexpr):
 
 
 @triton.jit
+def _divmod(p, n):
+    """(p // n, p % n) for 0 <= p < 2**20 through an fp32 reciprocal: an integer division by a runtime value costs
+    ~25 instructions per element, more than the rest of the scan step. Exact there: the fp32 error of
+    (p + 0.5) / n stays below the 0.5 / n that separates it from the nearest integer (launchers check L)."""
+    q = ((p.to(tl.float32) + 0.5) * (1.0 / n.to(tl.float32))).to(tl.int32)
+    return q, p - q * n
+
+
+@triton.jit
 def _pixels(pos, column_major, reverse, H, W, L):
     """Sequence positions of a direction -> (h, w) of the pixels they read."""
     p = tl.where(reverse, L - 1 - pos, pos)
-    h = tl.where(column_major, p % H, p // W)
-    w = tl.where(column_major, p // H, p % W)
-    return h, w
+    q, r = _divmod(p, tl.where(column_major, H, W))
+    return tl.where(column_major, r, q), tl.where(column_major, q, r)
 
 
 @triton.jit
-def _softplus(z):
-    # torch's softplus (threshold 20); exp(z) for very negative z, where log(1 + e^z) would round to 0
-    return tl.where(z > 20.0, z, tl.where(z < -15.0, tl.exp(z), tl.log(1.0 + tl.exp(z))))
+def _softplus(z, FAST_MATH: tl.constexpr):
+    """torch's softplus (threshold 20); exp(z) for very negative z, where log(1 + e^z) would round to 0.
 
-
-@triton.jit
-def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, offs_r, mask_l, mask_d, R, w_t, bias,
-           DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Pre-activation z (BLOCK_L, BLOCK_D): the given delta, or dt_low (BLOCK_L, R) @ w_t (R, BLOCK_D); plus bias.
-    Returns (z, dt_low) (dt_low is None-like zeros when not DT_PROJ)."""
-    if DT_PROJ:
-        low = tl.load(dl_ptr + base_dl + pix_dl[:, None] + offs_r[None, :] * s_dlc,
-                      mask=mask_l[:, None] & (offs_r < R)[None, :], other=0.0).to(tl.float32)
-        z = tl.dot(low, w_t, input_precision="ieee")
+    FAST_MATH (CUDA): log through the MUFU lg2.approx (~2^-22 relative error) instead of libdevice's logf, a
+    ~20-instruction polynomial per element; the interpreter (CI) runs the exact form."""
+    e = tl.exp(z)
+    if FAST_MATH:
+        log1p_e = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [1.0 + e], dtype=tl.float32,
+                                            is_pure=True, pack=1) * 0.6931471805599453
     else:
-        low = tl.zeros((1, 1), dtype=tl.float32)
+        log1p_e = tl.log(1.0 + e)
+    return tl.where(z > 20.0, z, tl.where(z < -15.0, e, log1p_e))
+
+
+@triton.jit
+def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, mask_l, mask_d, w_ptr, k, E, bias,
+           R: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Pre-activation z (BLOCK_L, BLOCK_D): the given delta, or dt_low (BLOCK_L, R) @ W_dt^T (R, BLOCK_D); plus bias.
+
+    The rank-R product is R broadcast FMAs per element (R is 4-12 in the released models): a tl.dot would pad R to
+    16 and move both operands through shared memory."""
+    if DT_PROJ:
+        z = tl.zeros((mask_l.shape[0], offs_d.shape[0]), dtype=tl.float32)
+        for r in tl.static_range(R):
+            low_r = tl.load(dl_ptr + base_dl + pix_dl + r * s_dlc, mask=mask_l, other=0.0).to(tl.float32)
+            w_r = tl.load(w_ptr + (k * E + offs_d) * R + r, mask=mask_d, other=0.0).to(tl.float32)
+            z += low_r[:, None] * w_r[None, :]
+    else:
         z = tl.load(dl_ptr + base_dl + pix_dl[:, None] + offs_d[None, :] * s_dlc,
                     mask=mask_l[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     if HAS_BIAS:
         z += bias[None, :]
-    return z, low
+    return z
 
 
 @triton.jit
@@ -99,20 +119,20 @@ def _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d,
     return A, w_t, bias, Dk
 
 
-_SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK", "R"]  # one compiled kernel serves every stage / image size
+_SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK"]  # one compiled kernel serves every stage / image size
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["CPP", "NPROG"])
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr, logp_ptr, send_ptr,
-    E, H, W, L, NCHUNK, R, CPP, NPROG,
+    E, H, W, L, NCHUNK, R: tl.constexpr, CPP, NPROG,
     su_b, su_k, su_d, su_h, su_w,
     sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
     sc_b, sc_k, sc_n, sc_h, sc_w,
     sy_b, sy_k, sy_d, sy_h, sy_w,
     K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, LOAD_STATE: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr, LOAD_STATE: tl.constexpr,
     SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     NUM_STAGES: tl.constexpr,
@@ -146,9 +166,9 @@ def _scan_fwd_kernel(
         hh, ww = _pixels(pos, column_major, reverse, H, W, L)
         u = tl.load(u_ptr + b * su_b + k * su_k + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d,
                     mask=mask_ld, other=0.0).to(tl.float32)
-        z, _ = _delta(dl_ptr, b * sdl_b + k * sdl_k, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, offs_r, mask_l, mask_d,
-                      R, w_t, bias, DT_PROJ, HAS_BIAS)
-        dt = _softplus(z) if SOFTPLUS else z
+        z = _delta(dl_ptr, b * sdl_b + k * sdl_k, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E,
+                   bias, R, DT_PROJ, HAS_BIAS)
+        dt = _softplus(z, FAST_MATH) if SOFTPLUS else z
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n,
                      mask=mask_ln, other=0.0).to(tl.float32)
         dA = tl.where(mask_l[:, None, None], dt[:, None, :] * A[None, :, :], 0.0)  # padding passes h on
@@ -197,7 +217,7 @@ def _run_starts_kernel(logp_ptr, send_ptr, st_ptr, E, NPROG, K: tl.constexpr, N:
 def _scan_bwd_kernel(
     u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, dy_ptr, st_ptr,
     du_ptr, ddl_ptr, dw_ptr, dbias_ptr, da_ptr, dd_ptr, db_ptr, dc_ptr,
-    E, H, W, L, NCHUNK, R,
+    E, H, W, L, NCHUNK, R: tl.constexpr,
     su_b, su_k, su_d, su_h, su_w,
     sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
@@ -208,7 +228,7 @@ def _scan_bwd_kernel(
     sdb_b, sdb_k, sdb_n, sdb_h, sdb_w,
     sdc_b, sdc_k, sdc_n, sdc_h, sdc_w,
     K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
@@ -234,9 +254,9 @@ def _scan_bwd_kernel(
         mask_ln = mask_l[:, None] & mask_n[None, :]
         hh, ww = _pixels(pos, column_major, reverse, H, W, L)
         u = tl.load(u_ptr + base_u + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)
-        z, low = _delta(dl_ptr, base_dl, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, offs_r, mask_l, mask_d, R, w_t, bias,
-                        DT_PROJ, HAS_BIAS)
-        dt = _softplus(z) if SOFTPLUS else z
+        z = _delta(dl_ptr, base_dl, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E, bias, R,
+                   DT_PROJ, HAS_BIAS)
+        dt = _softplus(z, FAST_MATH) if SOFTPLUS else z
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)
         Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + b * sy_b + k * sy_k + (hh * sy_h + ww * sy_w)[:, None] + offs_d[None, :] * sy_d, mask=mask_ld, other=0.0).to(tl.float32)
@@ -250,9 +270,9 @@ def _scan_bwd_kernel(
         pos_n = pos + 1
         mask_n1 = pos_n < L
         hn, wn = _pixels(pos_n, column_major, reverse, H, W, L)
-        z_n, _ = _delta(dl_ptr, base_dl, hn * sdl_h + wn * sdl_w, sdl_c, offs_d, offs_r, mask_n1, mask_d, R, w_t, bias,
-                        DT_PROJ, HAS_BIAS)
-        dt_n = _softplus(z_n) if SOFTPLUS else z_n
+        z_n = _delta(dl_ptr, base_dl, hn * sdl_h + wn * sdl_w, sdl_c, offs_d, mask_n1, mask_d, w_ptr, k, E, bias, R,
+                     DT_PROJ, HAS_BIAS)
+        dt_n = _softplus(z_n, FAST_MATH) if SOFTPLUS else z_n
         decay_next = tl.where(mask_n1[:, None, None], tl.exp(dt_n[:, None, :] * A[None, :, :]), 0.0)
         # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}
         beta = Cv[:, :, None] * dy[:, None, :]
@@ -281,6 +301,8 @@ def _scan_bwd_kernel(
             d_low = tl.dot(d_dt, tl.trans(w_t), input_precision="ieee")  # (L, R)
             tl.atomic_add(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd[:, None] + offs_r[None, :] * sdd_c, d_low,
                           mask=mask_l[:, None] & (offs_r < R)[None, :], sem="relaxed")
+            low = tl.load(dl_ptr + base_dl + (hh * sdl_h + ww * sdl_w)[:, None] + offs_r[None, :] * sdl_c,
+                          mask=mask_l[:, None] & (offs_r < R)[None, :], other=0.0).to(tl.float32)
             acc_w += tl.dot(tl.trans(low), d_dt, input_precision="ieee")
         else:
             tl.store(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd[:, None] + offs_d[None, :] * sdd_c, d_dt, mask=mask_ld)

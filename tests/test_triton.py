@@ -1,7 +1,6 @@
 """The Triton kernels against the torch backend: on a GPU when there is one, otherwise on the CPU under
 TRITON_INTERPRET=1 (set by conftest.py before vssm is imported) with small shapes. GPU-only checks at full size are
 marked `gpu` and skip without CUDA (run them with `pytest -m gpu` on the device tool)."""
-import os
 
 import pytest
 import torch

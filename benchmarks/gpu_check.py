@@ -229,11 +229,16 @@ def profile(out_dir):
     model = vssm.create_model("vmamba_tiny_s1l8").to(DEV)
     for mode in ("bf16", "train_fp16"):
         benchmark.measure(model, mode, warmup=3, iters=2)
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             benchmark.measure(model, mode, warmup=0, iters=2)
-        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+        table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70)
         with open(os.path.join(out_dir, f"profile_{mode}.txt"), "w") as f:
             f.write(table)
+        # the aten ops (with their input shapes) behind the kernels: which op launches each elementwise kernel
+        ops = prof.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=40,
+                                                                  max_name_column_width=40, max_shapes_column_width=110)
+        with open(os.path.join(out_dir, f"profile_{mode}_ops.txt"), "w") as f:
+            f.write(ops)
         print(f"--- profile {mode} (2 iterations) ---")
         print("\n".join(table.splitlines()[:22]))
 

@@ -166,7 +166,7 @@ if HAS_TRITON:
 
     from vssm.ops.triton_scan import _divmod
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n"])  # like the scan kernels' H, W: n == 1 must not become a constant
     def _divmod_kernel(p_ptr, q_ptr, r_ptr, n, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         q, r = _divmod(tl.load(p_ptr + offs), n)

@@ -3,6 +3,7 @@ any input size, timm's model API."""
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
 import vssm
 from conftest import load_fixture, load_keys, split_fixture
@@ -211,3 +212,23 @@ def test_channel_first_override_keeps_the_function(norm_layer):
     torch.testing.assert_close(other(x), native(x), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="needs the channel-first layout"):
         vssm.build_official("vmamba", **dict(kwargs, norm_layer="bn"), channel_first=False)
+
+
+def test_linear2d_gemm_path_matches_the_convolution():
+    """Under autocast (or in bf16) a channels_last Linear2d runs as a GEMM over the channels: same numbers as the
+    1x1 convolution at bf16 precision, same layout, same gradients; fp32 keeps the convolution exactly."""
+    from vssm.layers import Linear2d
+
+    torch.manual_seed(0)
+    lin = Linear2d(24, 40)
+    x = torch.randn(3, 24, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    ref = F.conv2d(x, lin.weight[:, :, None, None], lin.bias)
+    assert torch.equal(lin(x), ref)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (x, lin.weight, lin.bias), g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+    for got, want in zip(torch.autograd.grad(y, (x, lin.weight, lin.bias), g.to(y.dtype)), ref_grads):
+        assert ((got.float() - want).abs().max() / want.abs().max()).item() < 1e-2  # bf16 rounding of the operands

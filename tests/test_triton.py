@@ -196,3 +196,27 @@ def test_too_long_sequence_is_a_clear_error():
     with pytest.raises(ValueError, match="backend='torch'"):
         triton_ops.cross_selective_scan(u, x_dbl, torch.randn(4, 1, 1, device=DEV), torch.zeros(4, 1, device=DEV),
                                         -torch.ones(4, 1, device=DEV), torch.ones(4, device=DEV))
+
+
+def test_no_grad_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch):
+    """Eager calls without gradients launch the kernels directly (host time); with gradients or under
+    torch.compile they go through the registered custom ops. Both give the same numbers."""
+    from vssm.ops import triton_ops
+
+    g = torch.Generator().manual_seed(3)
+    E, H, W, R = 5, 4, 6, 2
+    u = torch.randn(2, E, H, W, generator=g).to(DEV)
+    x_dbl = torch.randn(2, 4 * (R + 2), H, W, generator=g).to(DEV)
+    args = [u, x_dbl, 0.5 * torch.randn(4, E, R, generator=g).to(DEV), (torch.rand(4, E, generator=g) - 1).to(DEV),
+            -torch.rand(4 * E, 1, generator=g).to(DEV) - 0.5, torch.randn(4 * E, generator=g).to(DEV)]
+    dispatched = []
+    real_op = triton_ops._cross_op
+    monkeypatch.setattr(triton_ops, "_cross_op", lambda *a: dispatched.append(1) or real_op(*a))
+    with torch.no_grad():
+        direct = triton_ops.cross_selective_scan(*args)
+    assert not dispatched and not triton_ops.needs_dispatch(*args)
+    leaves = [t.clone().requires_grad_(True) for t in args]
+    assert triton_ops.needs_dispatch(*leaves)
+    through_op = triton_ops.cross_selective_scan(*leaves)
+    assert dispatched
+    torch.testing.assert_close(direct, through_op.detach(), rtol=0, atol=0)

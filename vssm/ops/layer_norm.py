@@ -8,13 +8,13 @@ followed by the projection's own cast. ``torch.ops.vssm.layer_norm`` is a custom
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .triton_ops import HAS_TRITON, triton_usable
+from .triton_ops import HAS_TRITON, needs_dispatch, triton_usable
 
 if HAS_TRITON:
     import triton
@@ -66,8 +66,9 @@ def _block_m(channels: int) -> int:
     return max(1, min(64, 4096 // triton.next_power_of_2(channels)))
 
 
-@torch.library.custom_op("vssm::layer_norm", mutates_args=())
-def _ln_op(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+def _ln_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float,
+                out_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, rstd) of the kernel; the custom op's body and the eager no-grad path."""
     C = x.shape[-1]
     M = x.numel() // C
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
@@ -77,6 +78,11 @@ def _ln_op(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch
     _ln_fwd_kernel[(triton.cdiv(M, block_m),)](x, weight, bias, y, mean, rstd, M, C, eps,
                                                BLOCK_M=block_m, BLOCK_C=triton.next_power_of_2(C))
     return y, mean, rstd
+
+
+@torch.library.custom_op("vssm::layer_norm", mutates_args=())
+def _ln_op(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+    return _ln_forward(x, weight, bias, eps, out_dtype)
 
 
 @_ln_op.register_fake
@@ -141,6 +147,8 @@ def layer_norm_last_dim(
         out_dtype = torch.get_autocast_dtype(x.device.type) if autocast_output else torch.float32
     else:
         out_dtype = x.dtype
+    if not needs_dispatch(x, weight, bias):
+        return _ln_forward(x, weight, bias, float(eps), out_dtype)[0]
     with torch.autocast(x.device.type, enabled=False):
         y, _, _ = _ln_op(x, weight, bias, float(eps), out_dtype)
     return y

@@ -30,6 +30,7 @@ except ImportError:  # a CPU-only install without triton: the torch backend serv
 
 __all__ = [
     "HAS_TRITON",
+    "needs_dispatch",
     "triton_usable",
     "cross_selective_scan",
     "selective_scan_triton_fwd",
@@ -254,12 +255,26 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> _Scan:
     )
 
 
-@torch.library.custom_op("vssm::cross_selective_scan", mutates_args=())
-def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str) -> Tensor:
+def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
+    """Whether a call must go through its registered custom op: under torch.compile (which traces the op) or when
+    autograd records it. Eager calls without gradients launch the kernel directly: the op's dispatch costs
+    20-50 us of host time per call, and eager inference of the small-map stages is bound by the host."""
+    return torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    )
+
+
+def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
+                   order: str) -> Tensor:
     op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
     y = torch.zeros_like(u, dtype=torch.float32)  # keeps u's memory format; the 4 directions add into it
     _forward(op, y, _map(y))
     return y
+
+
+@torch.library.custom_op("vssm::cross_selective_scan", mutates_args=())
+def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str) -> Tensor:
+    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)
 
 
 @_cross_op.register_fake
@@ -319,4 +334,6 @@ def cross_selective_scan(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: T
     """
     if order not in _ORDERS:
         raise ValueError(f"cross_selective_scan: order must be one of {sorted(_ORDERS)}, got {order!r}")
-    return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    if needs_dispatch(u, x_dbl, dt_weight, dt_bias, A, D):
+        return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""A/B of vssm's eager-mode host and layout choices, same process, same GPU, interleaved rounds. GPU only.
+
+Variants of each vmamba model, measured with the benchmark protocol (batch 128, 224², bf16 inference and fp16
+training) next to timm's Swin-T in every round:
+
+- shipped: as released;
+- conv: Linear2d as a 1x1 convolution (cuDNN adds the bias in a separate broadcast kernel) instead of the GEMM
+  with the bias fused;
+- dispatch: every no-grad call of the fused scan and of the LayerNorm goes through its torch.library custom op
+  (as under autograd) instead of launching the kernel directly.
+
+    PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+from typing import Iterator
+
+import timm
+import torch
+import torch.nn.functional as F
+
+import vssm
+from vssm import benchmark
+from vssm.layers.common import Linear2d
+from vssm.ops import layer_norm, triton_ops
+
+
+def _conv_forward(self: Linear2d, x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    shipped = (Linear2d.forward, triton_ops.needs_dispatch, layer_norm.needs_dispatch)
+    if name == "conv":
+        Linear2d.forward = _conv_forward
+    elif name == "dispatch":
+        triton_ops.needs_dispatch = layer_norm.needs_dispatch = lambda *tensors: True
+    elif name != "shipped":
+        raise SystemExit(f"unknown variant {name!r}")
+    try:
+        yield
+    finally:
+        Linear2d.forward, triton_ops.needs_dispatch, layer_norm.needs_dispatch = shipped
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["vmamba_tiny_s1l8"])
+    p.add_argument("--variants", default="shipped,conv,dispatch")
+    p.add_argument("--modes", default="bf16,train_fp16")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--iters", type=int, default=30)
+    args = p.parse_args()
+    torch.backends.cudnn.benchmark = True
+    print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    swin = timm.create_model("swin_tiny_patch4_window7_224").cuda()
+    names = args.variants.split(",")
+    for model_name in args.models:
+        model = vssm.create_model(model_name).cuda()
+        for r in range(args.rounds):
+            for mode in args.modes.split(","):
+                ref = benchmark.measure(swin, mode, warmup=args.warmup, iters=args.iters)["img_s"]
+                cells = []
+                for name in names:
+                    with variant(name):
+                        speed = benchmark.measure(model, mode, warmup=args.warmup, iters=args.iters)["img_s"]
+                    cells.append(f"{name} {speed:.0f} img/s ({speed / ref:.2f}x)")
+                print(f"round {r} {model_name} {mode}: " + " | ".join(cells) + f" | Swin-T {ref:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 try:
     import triton
@@ -256,11 +258,16 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> _Scan:
 
 
 def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
-    """Whether a call must go through its registered custom op: under torch.compile (which traces the op) or when
-    autograd records it. Eager calls without gradients launch the kernel directly: the op's dispatch costs
-    20-50 us of host time per call, and eager inference of the small-map stages is bound by the host."""
-    return torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """Whether a call must go through its registered custom op: under torch.compile (which traces the op), under a
+    dispatch mode (FLOP counting, fake tensors), on meta tensors, or when autograd records it. Other eager calls
+    launch the kernel directly: the op's dispatch costs 20-50 us of host time per call, and eager inference of the
+    small-map stages is bound by the host."""
+    given = [t for t in tensors if t is not None]
+    return (
+        torch.compiler.is_compiling()
+        or _get_current_dispatch_mode() is not None
+        or any(t.is_meta or isinstance(t, FakeTensor) for t in given)
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in given))
     )
 
 

@@ -132,8 +132,8 @@ def _scan_fwd_kernel(
     sc_b, sc_k, sc_n, sc_h, sc_w,
     sy_b, sy_k, sy_d, sy_h, sy_w,
     K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
-    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr, LOAD_STATE: tl.constexpr,
-    SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
+    LOAD_STATE: tl.constexpr, SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):

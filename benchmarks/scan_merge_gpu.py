@@ -10,23 +10,16 @@ of the split variants against the shipped one.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import torch
 
+from gpu_check import time_cuda  # benchmarks/ is on sys.path when this file runs as a script
 from vssm.ops import triton_ops
 
 
-def time_ms(fn: Callable[[], object], iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters * 1e3
+def time_ms(fn: Callable[[], object]) -> float:
+    return time_cuda(fn, iters=20, warmup=3) * 1e3
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.act_linear import act_linear
 from ..ops.layer_norm import autocast_enabled, layer_norm_last_dim
 
 __all__ = [
@@ -58,10 +59,15 @@ class Linear2d(nn.Linear):
     convolution, which PyTorch lets cuDNN run in TF32 by default (the GEMM would run in full fp32).
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and (
+    @staticmethod
+    def runs_as_gemm(x: Tensor) -> bool:
+        """Whether the map x takes the GEMM path (over its (B, H, W, C) view) rather than the 1x1 convolution."""
+        return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and (
             x.dtype in (torch.bfloat16, torch.float16) or autocast_enabled(x.device)
-        ):
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.runs_as_gemm(x):
             return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
@@ -116,7 +122,12 @@ def make_act(name) -> Callable[[], nn.Module]:
 
 
 class Mlp(nn.Module):
-    """fc1 -> act -> drop -> fc2 -> drop, in either layout."""
+    """fc1 -> act -> drop -> fc2 -> drop, in either layout.
+
+    Without dropout between act and fc2, act + fc2 run as :func:`~vssm.ops.act_linear.act_linear`, which keeps
+    only fc1's output for the backward (not also act's): the MLP's hidden activations are half of what a VSS block
+    keeps for its backward.
+    """
 
     def __init__(
         self,
@@ -134,7 +145,15 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        h = self.fc1(x)
+        if self.drop.p > 0 and self.training:
+            return self.drop(self.fc2(self.drop(self.act(h))))
+        if not isinstance(self.fc2, Linear2d):
+            return self.drop(act_linear(h, self.act, self.fc2.weight, self.fc2.bias))
+        if Linear2d.runs_as_gemm(h):
+            y = act_linear(h.permute(0, 2, 3, 1), self.act, self.fc2.weight, self.fc2.bias)
+            return self.drop(y.permute(0, 3, 1, 2))
+        return self.drop(self.fc2(self.act(h)))
 
 
 class GatedMlp(nn.Module):

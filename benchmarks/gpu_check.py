@@ -202,9 +202,12 @@ def sweep(report):
     A = -torch.rand(K * E, 1, device=DEV) - 0.5
     Dv = torch.randn(K * E, device=DEV)
     dy = torch.randn(B, E, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
-    chunked = dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2, CPP=1 << 30)
-    forward = [chunked, dict(chunked, BLOCK_L=32), dict(chunked, num_warps=4), dict(chunked, CPP=8)]
-    backward = [dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4), dict(BLOCK_L=16, BLOCK_D=32, NUM_STAGES=2, num_warps=4)]
+    shipped = triton_ops.CONFIGS[True, False], triton_ops.CONFIGS[True, True]
+    forward = [dict(shipped[0], BLOCK_L=bl, BLOCK_D=bd, num_warps=nw)
+               for bl, bd, nw in ((64, 32, 2), (32, 32, 1), (32, 32, 2), (16, 32, 1), (64, 32, 4), (32, 64, 2))]
+    backward = [dict(shipped[1], BLOCK_L=bl, BLOCK_D=bd, num_warps=nw, NUM_STAGES=ns)
+                for bl, bd, nw, ns in ((32, 32, 4, 2), (32, 32, 4, 1), (16, 32, 2, 1), (16, 32, 1, 1), (16, 32, 4, 1),
+                                       (32, 32, 2, 1))]
     rows = []
     for is_backward, configs in ((False, forward), (True, backward)):
         timed = []

@@ -62,8 +62,8 @@ def fused(*args):
 @pytest.mark.parametrize(
     "case",
     [(2, 5, 3, 4, 1, 2, "cross2d", False), (1, 6, 9, 8, 1, 3, "cross2d", True), (1, 4, 3, 5, 2, 2, "bidi", False),
-     (1, 3, 4, 3, 1, 2, "unidi", True)],
-    ids=["cross2d", "cross2d_channels_last_multichunk", "bidi_n2", "unidi"],
+     (1, 3, 4, 3, 1, 2, "unidi", True), (1, 16, 5, 7, 1, 3, "cross2d", True)],
+    ids=["cross2d", "cross2d_channels_last_multichunk", "bidi_n2", "unidi", "cross2d_channels_a_block_multiple"],
 )
 def test_fused_ss2d_matches_composition(case):
     B, E, H, W, N, R, order, channels_last = case

@@ -97,6 +97,7 @@ class _Scan:
         cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
         cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
         cfg["BLOCK_R"] = max(16, triton.next_power_of_2(max(self.R, 1)))
+        cfg["EVEN_D"] = self.E % cfg["BLOCK_D"] == 0
         if backward:
             cfg.pop("CPP", None)
         return cfg

@@ -28,6 +28,15 @@ def _combine(a1, b1, a2, b2):
 
 
 @triton.jit
+def _combine_shifted(first1, p1, s1, first2, p2, s2):
+    """Reverse-scan combine of the adjoint g_t = beta_t + a_{t+1} g_{t+1} on elements (a_t, 1, beta_t): a segment
+    [i, j] is (a_i, prod a_{i+1..j}, its g_i from g_{j+1} = 0), so a_{t+1} never has to be shifted into row t.
+    (first1, p1, s1) is the later segment, (first2, p2, s2) the earlier one."""
+    t = p2 * first1
+    return first2, t * p1, s2 + t * s1
+
+
+@triton.jit
 def _direction(k, ORDER: tl.constexpr):
     """(column-major?, reversed?) of direction k."""
     if ORDER == 1:
@@ -55,68 +64,95 @@ def _pixels(pos, column_major, reverse, H, W, L):
     return tl.where(column_major, r, q), tl.where(column_major, q, r)
 
 
-@triton.jit
-def _softplus(z, FAST_MATH: tl.constexpr):
-    """torch's softplus (threshold 20); exp(z) for very negative z, where log(1 + e^z) would round to 0.
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
-    FAST_MATH (CUDA): log through the MUFU lg2.approx (~2^-22 relative error) instead of libdevice's logf, a
-    ~20-instruction polynomial per element; the interpreter (CI) runs the exact form."""
-    e = tl.exp(z)
+
+@triton.jit
+def _exp2(x, FAST_MATH: tl.constexpr):
+    """2^x. FAST_MATH (CUDA): the bare MUFU ex2 with subnormal results flushed to 0 (tl.exp / tl.exp2 wrap it in a
+    rescaling for subnormals: 5 instructions instead of 1); the interpreter (CI) runs the exact form."""
     if FAST_MATH:
-        log1p_e = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [1.0 + e], dtype=tl.float32,
-                                            is_pure=True, pack=1) * 0.6931471805599453
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
     else:
-        log1p_e = tl.log(1.0 + e)
-    return tl.where(z > 20.0, z, tl.where(z < -15.0, e, log1p_e))
+        return tl.exp2(x)
 
 
 @triton.jit
-def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, mask_l, mask_d, w_ptr, k, E, bias,
-           R: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Pre-activation z (BLOCK_L, BLOCK_D): the given delta, or dt_low (BLOCK_L, R) @ W_dt^T (R, BLOCK_D); plus bias.
+def _log2(x, FAST_MATH: tl.constexpr):
+    """log2(x). FAST_MATH: MUFU lg2 (~2^-22 relative error) instead of libdevice's ~20-instruction polynomial."""
+    if FAST_MATH:
+        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _delta2(z2, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """Δ·log2(e) from the pre-activation z2 = z·log2(e), and e^z (for the backward's sigmoid).
+
+    The kernels work in base 2 (exp(Δ·A) = 2^(Δ·log2(e)·A)) so every exponential is one MUFU instruction. The
+    softplus is torch's (threshold 20); below z = -15, where log(1 + e^z) rounds to 0, it is e^z."""
+    e = _exp2(z2, FAST_MATH)
+    if SOFTPLUS:
+        d2 = tl.where(z2 > 20.0 * LOG2E, z2, tl.where(z2 < -15.0 * LOG2E, e * LOG2E, _log2(1.0 + e, FAST_MATH)))
+    else:
+        d2 = z2
+    return d2, e
+
+
+@triton.jit
+def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, mask_l, mask_d, w_ptr, k, E, bias2,
+           R: tl.constexpr, DT_PROJ: tl.constexpr):
+    """Pre-activation in base 2, z·log2(e) (BLOCK_L, BLOCK_D): the given delta, or dt_low (BLOCK_L, R) @ W_dt^T
+    (R, BLOCK_D); plus the bias (bias2 is already scaled by log2(e)).
 
     The rank-R product is R broadcast FMAs per element (R is 4-12 in the released models): a tl.dot would pad R to
     16 and move both operands through shared memory."""
+    z2 = tl.zeros((mask_l.shape[0], offs_d.shape[0]), dtype=tl.float32) + bias2[None, :]
     if DT_PROJ:
-        z = tl.zeros((mask_l.shape[0], offs_d.shape[0]), dtype=tl.float32)
         for r in tl.static_range(R):
             low_r = tl.load(dl_ptr + base_dl + pix_dl + r * s_dlc, mask=mask_l, other=0.0).to(tl.float32)
-            w_r = tl.load(w_ptr + (k * E + offs_d) * R + r, mask=mask_d, other=0.0).to(tl.float32)
-            z += low_r[:, None] * w_r[None, :]
+            w_r = tl.load(w_ptr + (k * E + offs_d) * R + r, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
+            z2 += low_r[:, None] * w_r[None, :]
     else:
         z = tl.load(dl_ptr + base_dl + pix_dl[:, None] + offs_d[None, :] * s_dlc,
                     mask=mask_l[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        z += bias[None, :]
-    return z
+        z2 += z * LOG2E
+    return z2
 
 
 @triton.jit
-def _program(E, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+def _program(E, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, EVEN_D: tl.constexpr):
+    """(batch, direction, channel offsets, channel mask, state offsets, rank offsets) of this program. EVEN_D (E a
+    multiple of BLOCK_D): the channel mask is a constant, so channel-contiguous loads and stores can be vectorised."""
     pid = tl.program_id(0)
     n_dblk = tl.cdiv(E, BLOCK_D)
     b = (pid // n_dblk).to(tl.int64)
     offs_d = (pid % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
-    return b, tl.program_id(1), offs_d, offs_d < E, tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_R)
+    mask_d = tl.full((BLOCK_D,), True, tl.int1) if EVEN_D else offs_d < E
+    return b, tl.program_id(1), offs_d, mask_d, tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_R)
 
 
 @triton.jit
 def _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
                       DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
-    """This program's slice of the per-direction parameters: W_dt^T (R, D), bias (D), A (N, D), D (D)."""
+    """This program's slice of the per-direction parameters: W_dt^T (R, D), bias·log2(e) (D), A (N, D), D (D)."""
     mask_nd = (offs_n < N)[:, None] & mask_d[None, :]
     A = tl.load(a_ptr + (k * E + offs_d[None, :]) * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
     w_t = tl.zeros((1, 1), dtype=tl.float32)
     if DT_PROJ:
         w_t = tl.load(w_ptr + (k * E + offs_d[None, :]) * R + offs_r[:, None],
                       mask=(offs_r < R)[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-    bias = tl.zeros(offs_d.shape, dtype=tl.float32)
+    bias2 = tl.zeros(offs_d.shape, dtype=tl.float32)  # in base 2, like the pre-activation it is added to
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+        bias2 = tl.load(bias_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
     Dk = tl.zeros(offs_d.shape, dtype=tl.float32)
     if HAS_D:
         Dk = tl.load(d_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    return A, w_t, bias, Dk
+    return A, w_t, bias2, Dk
 
 
 _SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK"]  # one compiled kernel serves every stage / image size
@@ -135,29 +171,29 @@ def _scan_fwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     LOAD_STATE: tl.constexpr, SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Program (batch x channel block, direction k, run p) scans chunks [p*CPP, (p+1)*CPP) of its sequence.
 
     With one run per sequence (NPROG == 1) that is the whole scan. With several, a first launch (SUMMARY) stores
-    each run's total log-decay and end state from a zero start, `_run_starts_kernel` chains them into each run's
+    each run's total log2-decay and end state from a zero start, `_run_starts_kernel` chains them into each run's
     start state, and a second launch (LOAD_STATE) recomputes the runs from there: the sequential chain shrinks
     from NCHUNK chunks to CPP chunks plus a cheap pass over the runs.
     """
-    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R)
+    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R, EVEN_D)
     run = tl.program_id(2)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     column_major, reverse = _direction(k, ORDER)
-    A, w_t, bias, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
-                                         DT_PROJ, HAS_BIAS, HAS_D)
+    A, w_t, bias2, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
+                                          DT_PROJ, HAS_BIAS, HAS_D)
     run_offs = (((b * K + k) * E + offs_d[None, :]) * NPROG + run) * N + offs_n[:, None]
     if LOAD_STATE:
         h_carry = tl.load(st_ptr + run_offs, mask=mask_nd, other=0.0)
     else:
         h_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    log_decay = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    log2_decay = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for c in tl.range(run * CPP, tl.minimum(run * CPP + CPP, NCHUNK), num_stages=NUM_STAGES):
         pos = c * BLOCK_L + offs_l
         mask_l = pos < L
@@ -166,17 +202,17 @@ def _scan_fwd_kernel(
         hh, ww = _pixels(pos, column_major, reverse, H, W, L)
         u = tl.load(u_ptr + b * su_b + k * su_k + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d,
                     mask=mask_ld, other=0.0).to(tl.float32)
-        z = _delta(dl_ptr, b * sdl_b + k * sdl_k, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E,
-                   bias, R, DT_PROJ, HAS_BIAS)
-        dt = _softplus(z, FAST_MATH) if SOFTPLUS else z
+        z2 = _delta(dl_ptr, b * sdl_b + k * sdl_k, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E,
+                    bias2, R, DT_PROJ)
+        dt2, _ = _delta2(z2, SOFTPLUS, FAST_MATH)
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n,
                      mask=mask_ln, other=0.0).to(tl.float32)
-        dA = tl.where(mask_l[:, None, None], dt[:, None, :] * A[None, :, :], 0.0)  # padding passes h on
-        decay = tl.exp(dA)
-        x = (dt * u)[:, None, :] * Bv[:, :, None]
+        dA2 = tl.where(mask_l[:, None, None], dt2[:, None, :] * A[None, :, :], 0.0)  # padding passes h on
+        decay = _exp2(dA2, FAST_MATH)
+        x = (dt2 * LN2 * u)[:, None, :] * Bv[:, :, None]
         decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
         if SUMMARY:
-            log_decay += tl.sum(dA, axis=0)
+            log2_decay += tl.sum(dA2, axis=0)
         h = h + decay_prod * h_carry[None, :, :]
         h_carry = tl.sum(tl.where((offs_l == BLOCK_L - 1)[:, None, None], h, 0.0), axis=0)
         if STORE_Y:
@@ -191,14 +227,14 @@ def _scan_fwd_kernel(
             else:
                 tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask_ld)
     if SUMMARY:
-        tl.store(logp_ptr + run_offs, log_decay, mask=mask_nd)
+        tl.store(logp_ptr + run_offs, log2_decay, mask=mask_nd)
         tl.store(send_ptr + run_offs, h_carry, mask=mask_nd)
 
 
 @triton.jit(do_not_specialize=["E", "NPROG"])
 def _run_starts_kernel(logp_ptr, send_ptr, st_ptr, E, NPROG, K: tl.constexpr, N: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Start state of every run from the runs' (log-decay, end state from zero): h <- exp(log_decay) h + end."""
+    """Start state of every run from the runs' (log2-decay, end state from zero): h <- 2^log2_decay h + end."""
     pid = tl.program_id(0)
     n_dblk = tl.cdiv(E, BLOCK_D)
     b = (pid // n_dblk).to(tl.int64)
@@ -210,7 +246,7 @@ def _run_starts_kernel(logp_ptr, send_ptr, st_ptr, E, NPROG, K: tl.constexpr, N:
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for p in range(NPROG):
         tl.store(st_ptr + base + p * N, h, mask=mask)
-        h = tl.exp(tl.load(logp_ptr + base + p * N, mask=mask, other=0.0)) * h + tl.load(send_ptr + base + p * N, mask=mask, other=0.0)
+        h = tl.exp2(tl.load(logp_ptr + base + p * N, mask=mask, other=0.0)) * h + tl.load(send_ptr + base + p * N, mask=mask, other=0.0)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
@@ -230,16 +266,16 @@ def _scan_bwd_kernel(
     K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
+    NUM_STAGES: tl.constexpr, EVEN_D: tl.constexpr,
 ):
-    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R)
+    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R, EVEN_D)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     column_major, reverse = _direction(k, ORDER)
-    A, w_t, bias, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
-                                         DT_PROJ, HAS_BIAS, HAS_D)
-    g_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # adjoint state at the next chunk's first position
+    A, w_t, bias2, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
+                                          DT_PROJ, HAS_BIAS, HAS_D)
+    g_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # a_t g_t at the next chunk's first position
     acc_a = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     acc_d = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -254,31 +290,26 @@ def _scan_bwd_kernel(
         mask_ln = mask_l[:, None] & mask_n[None, :]
         hh, ww = _pixels(pos, column_major, reverse, H, W, L)
         u = tl.load(u_ptr + base_u + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)
-        z = _delta(dl_ptr, base_dl, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E, bias, R,
-                   DT_PROJ, HAS_BIAS)
-        dt = _softplus(z, FAST_MATH) if SOFTPLUS else z
+        z2 = _delta(dl_ptr, base_dl, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E, bias2, R,
+                    DT_PROJ)
+        dt2, e = _delta2(z2, SOFTPLUS, FAST_MATH)
+        dt = dt2 * LN2
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)
         Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + b * sy_b + k * sy_k + (hh * sy_h + ww * sy_w)[:, None] + offs_d[None, :] * sy_d, mask=mask_ld, other=0.0).to(tl.float32)
         # states inside the chunk, from the chunk-start state
-        decay = tl.where(mask_l[:, None, None], tl.exp(dt[:, None, :] * A[None, :, :]), 1.0)
+        decay = tl.where(mask_l[:, None, None], _exp2(dt2[:, None, :] * A[None, :, :], FAST_MATH), 1.0)
         x = (dt * u)[:, None, :] * Bv[:, :, None]
         decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
         h0 = tl.load(st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None], mask=mask_nd, other=0.0)
         h = h + decay_prod * h0[None, :, :]
-        # decay of the next position, a_{t+1}, recomputed from memory (0 past the end: the adjoint starts at 0)
-        pos_n = pos + 1
-        mask_n1 = pos_n < L
-        hn, wn = _pixels(pos_n, column_major, reverse, H, W, L)
-        z_n = _delta(dl_ptr, base_dl, hn * sdl_h + wn * sdl_w, sdl_c, offs_d, mask_n1, mask_d, w_ptr, k, E, bias, R,
-                     DT_PROJ, HAS_BIAS)
-        dt_n = _softplus(z_n, FAST_MATH) if SOFTPLUS else z_n
-        decay_next = tl.where(mask_n1[:, None, None], tl.exp(dt_n[:, None, :] * A[None, :, :]), 0.0)
-        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}
+        # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, g past the end 0; the chunk after contributes
+        # a_{end+1} g_{end+1} (carried), weighted by prod a_{t+1..end}
         beta = Cv[:, :, None] * dy[:, None, :]
-        prod_rev, g = tl.associative_scan((decay_next, beta), axis=0, combine_fn=_combine, reverse=True)
+        _, prod_rev, g = tl.associative_scan((decay, tl.full(decay.shape, 1.0, tl.float32), beta), axis=0,
+                                             combine_fn=_combine_shifted, reverse=True)
         g = g + prod_rev * g_carry[None, :, :]
-        g_carry = tl.sum(tl.where((offs_l == 0)[:, None, None], g, 0.0), axis=0)
+        g_carry = tl.sum(tl.where((offs_l == 0)[:, None, None], decay * g, 0.0), axis=0)
         g = tl.where(mask_l[:, None, None], g, 0.0)
         d_log_decay = g * (h - x)  # a_t h_{t-1} = h_t - x_t
         gB = tl.sum(g * Bv[:, :, None], axis=1)  # (L, D)
@@ -292,8 +323,8 @@ def _scan_bwd_kernel(
         dc_part = tl.sum(h * dy[:, None, :], axis=2)
         tl.atomic_add(db_ptr + b * sdb_b + k * sdb_k + (hh * sdb_h + ww * sdb_w)[:, None] + offs_n[None, :] * sdb_n, db_part, mask=mask_ln, sem="relaxed")
         tl.atomic_add(dc_ptr + b * sdc_b + k * sdc_k + (hh * sdc_h + ww * sdc_w)[:, None] + offs_n[None, :] * sdc_n, dc_part, mask=mask_ln, sem="relaxed")
-        if SOFTPLUS:
-            d_dt = tl.where(z > 20.0, d_dt, d_dt / (1.0 + tl.exp(-z)))
+        if SOFTPLUS:  # softplus' = sigmoid(z) = e^z / (1 + e^z)
+            d_dt = tl.where(z2 > 20.0 * LOG2E, d_dt, d_dt * tl.fdiv(e, 1.0 + e))
         d_dt = tl.where(mask_ld, d_dt, 0.0)
         acc_bias += tl.sum(d_dt, axis=0)
         pix_dd = hh * sdd_h + ww * sdd_w

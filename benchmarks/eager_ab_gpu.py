@@ -8,7 +8,9 @@ training) next to timm's Swin-T in every round:
 - conv: Linear2d as a 1x1 convolution (cuDNN adds the bias in a separate broadcast kernel) instead of the GEMM
   with the bias fused;
 - dispatch: every no-grad call of the fused scan and of the LayerNorm goes through its torch.library custom op
-  (as under autograd) instead of launching the kernel directly.
+  (as under autograd) instead of launching the kernel directly;
+- plain_mlp: the MLP as fc2(act(fc1(x))), autograd keeping act's output too (no recompute in the backward);
+- bwd16: the scan backward with 16-position chunks and 2 warps (the shipped one: ``triton_ops.CONFIGS``).
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 
 import vssm
 from vssm import benchmark
-from vssm.layers.common import Linear2d
+from vssm.layers.common import Linear2d, Mlp
 from vssm.ops import layer_norm, triton_ops
 
 
@@ -32,19 +34,29 @@ def _conv_forward(self: Linear2d, x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
+def _plain_mlp_forward(self: Mlp, x: torch.Tensor) -> torch.Tensor:
+    return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
-    shipped = (Linear2d.forward, triton_ops.needs_dispatch, layer_norm.needs_dispatch)
+    shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.needs_dispatch,
+               dict(triton_ops.CONFIGS))
     if name == "conv":
         Linear2d.forward = _conv_forward
     elif name == "dispatch":
         triton_ops.needs_dispatch = layer_norm.needs_dispatch = lambda *tensors: True
+    elif name == "plain_mlp":
+        Mlp.forward = _plain_mlp_forward
+    elif name == "bwd16":
+        triton_ops.CONFIGS[True, True] = dict(BLOCK_L=16, BLOCK_D=32, NUM_STAGES=1, num_warps=2)
     elif name != "shipped":
         raise SystemExit(f"unknown variant {name!r}")
     try:
         yield
     finally:
-        Linear2d.forward, triton_ops.needs_dispatch, layer_norm.needs_dispatch = shipped
+        Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.needs_dispatch, configs = shipped
+        triton_ops.CONFIGS.update(configs)
 
 
 def main() -> None:

@@ -213,10 +213,8 @@ def sweep(report):
         timed = []
         for cfg in configs:
             triton_ops.CONFIGS[True, is_backward] = dict(cfg)
-            if is_backward:  # with the chunk-start states a training forward saves at this config
-                states = torch.ops.vssm.cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv, "cross2d", True)[1]
-                ms = 1e3 * time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(
-                    dy, u, x_dbl, dtw, dtb, A, Dv, states, "cross2d"), iters=5, warmup=1)
+            if is_backward:
+                ms = 1e3 * time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d"), iters=5, warmup=1)
             else:
                 ms = 1e3 * time_cuda(lambda: cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv), iters=10, warmup=2)
             timed.append((ms, len(timed)))

@@ -7,7 +7,8 @@
   ``torch.compile`` sees one opaque op.
 
 The backward re-runs the forward kernel to get the chunk-start states instead of keeping them from the forward:
-no extra activation memory for a few percent of scan time. The kernels also run on CPU tensors under
+no extra activation memory, and faster than a forward that also stores them (tried: 4-8x slower forwards on the
+7x7 and 14x14 maps on an H100, benchmarks/results/gpu-2026-11-22.md). The kernels also run on CPU tensors under
 ``TRITON_INTERPRET=1``, which is how CI tests them.
 """
 from __future__ import annotations
@@ -128,9 +129,9 @@ def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]
     f32 = dict(device=op.u.device, dtype=torch.float32)
     log_decay, end, states = torch.empty(shape, **f32), torch.empty(shape, **f32), torch.empty(shape, **f32)
     kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
-        *op.common(), op.A, op.A, log_decay, end, op.A, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
-        0, *op.su, *op.sdl, *op.sb, *op.sc, 0, 0, 0, 0, 0,
-        **op.flags(), LOAD_STATE=False, SUMMARY=True, STORE_Y=False, SAVE_EVERY=0, **cfg,
+        *op.common(), op.A, op.A, log_decay, end, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
+        *op.su, *op.sdl, *op.sb, *op.sc, 0, 0, 0, 0, 0,
+        **op.flags(), LOAD_STATE=False, SUMMARY=True, STORE_Y=False, **cfg,
     )
     kernels._run_starts_kernel[op.grid(cfg["BLOCK_D"])[:2]](
         log_decay, end, states, op.E, runs, K=op.K, N=op.N, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
@@ -138,43 +139,31 @@ def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]
     return states, runs
 
 
-def backward_chunks(length: int, n_state: int) -> Tuple[int, int]:
-    """(positions per chunk, chunks) of the backward kernel for a sequence length: the granularity of the
-    chunk-start states it needs."""
-    block = CONFIGS[n_state == 1, True]["BLOCK_L"]
-    return block, triton.cdiv(length, block)
-
-
-def _forward(op: _Scan, y: Tensor, sy: Strides, states: Optional[Tensor] = None) -> None:
-    """Run the forward kernel into y (zero-filled fp32 when merging: the directions add into it); with ``states``
-    (batch, K, E, n, N) fp32, also the backward's chunk-start states (chunk 0's, zero, is left as it is)."""
+def _forward(op: _Scan, y: Tensor, sy: Strides) -> None:
+    """Run the forward kernel into y (zero-filled fp32 when merging: the directions add into it)."""
     cfg = op.config()
     chunks_per_run = cfg.pop("CPP")
     length = op.H * op.W
     n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
     if chunks_per_run >= n_chunks:
-        run_states, runs = op.A, 1
+        states, runs = op.A, 1
     else:
-        run_states, runs = _run_starts(op, cfg, chunks_per_run)
-    save_every = backward_chunks(length, op.N)[0] if states is not None else 0
+        states, runs = _run_starts(op, cfg, chunks_per_run)
     kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
-        *op.common(), y, run_states, op.A, op.A, states if states is not None else op.A, op.E, op.H, op.W, length,
-        n_chunks, op.R, chunks_per_run, runs, states.shape[3] if states is not None else 0,
+        *op.common(), y, states, op.A, op.A, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
         *op.su, *op.sdl, *op.sb, *op.sc, *sy,
-        **op.flags(), LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, SAVE_EVERY=save_every, **cfg,
+        **op.flags(), LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, **cfg,
     )
 
 
 def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl: Tensor, sddl: Strides,
-              dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides,
-              states: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+              dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
     """Run the backward kernel into du / ddl / dB / dC (dB, dC, ddl when R > 0 and du when merging are accumulated
-    with atomic adds: zero-filled fp32); returns (dA, dD, dbias, dW) fp32. ``states``: the chunk-start states the
-    forward saved; without them (or if the launch config changed since) they are recomputed."""
+    with atomic adds: zero-filled fp32);
+    returns (dA, dD, dbias, dW) fp32."""
     cfg = op.config(backward=True)
+    states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
     length = op.H * op.W
-    if states is None or states.shape[3] != triton.cdiv(length, cfg["BLOCK_L"]):
-        states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
     f32 = dict(device=op.u.device, dtype=torch.float32)
     dA = torch.zeros((op.K * op.E, op.N), **f32)
     dD = torch.zeros((op.K * op.E,), **f32)
@@ -285,37 +274,26 @@ def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
 
 
 def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
-                   order: str, save_states: bool = False) -> Tuple[Tensor, Tensor]:
-    """(merged output, the backward's chunk-start states or an empty tensor)."""
+                   order: str) -> Tensor:
     op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
     y = torch.zeros_like(u, dtype=torch.float32)  # keeps u's memory format; the 4 directions add into it
-    states = torch.empty(_states_shape(op.batch, op.K, op.E, op.H * op.W, op.N, save_states), device=u.device,
-                         dtype=torch.float32)
-    _forward(op, y, _map(y), states if save_states else None)
-    return y, states
-
-
-def _states_shape(batch: int, K: int, E: int, length: int, N: int, save: bool) -> Tuple[int, ...]:
-    return (batch, K, E, backward_chunks(length, N)[1], N) if save else (0,)
+    _forward(op, y, _map(y))
+    return y
 
 
 @torch.library.custom_op("vssm::cross_selective_scan", mutates_args=())
-def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str,
-              save_states: bool) -> Tuple[Tensor, Tensor]:
-    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order, save_states)
+def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str) -> Tensor:
+    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)
 
 
 @_cross_op.register_fake
-def _(u, x_dbl, dt_weight, dt_bias, A, D, order, save_states):
-    batch, E, H, W = u.shape
-    shape = _states_shape(batch, dt_weight.shape[0], E, H * W, A.shape[1], save_states)
-    return torch.empty_like(u, dtype=torch.float32), u.new_empty(shape, dtype=torch.float32)
+def _(u, x_dbl, dt_weight, dt_bias, A, D, order):
+    return torch.empty_like(u, dtype=torch.float32)
 
 
 @torch.library.custom_op("vssm::cross_selective_scan_backward", mutates_args=())
 def _cross_backward_op(
-    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, states: Tensor,
-    order: str,
+    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
     du = torch.zeros_like(u, dtype=torch.float32)
@@ -324,25 +302,24 @@ def _cross_backward_op(
     per_k = op.R + 2 * op.N
     sd = (sb, per_k * sc, sc, sh, sw)
     dA, dD, dbias, dW = _backward(op, dy, _map(dy), du, _map(du), d_x_dbl, sd, d_x_dbl[:, op.R:], sd,
-                                  d_x_dbl[:, op.R + op.N:], sd, states if states.dim() == 5 else None)
+                                  d_x_dbl[:, op.R + op.N:], sd)
     return (du.to(u.dtype), d_x_dbl.to(x_dbl.dtype), dW.to(dt_weight.dtype), dbias.view(dt_bias.shape).to(dt_bias.dtype),
             dA.to(A.dtype), dD.to(D.dtype))
 
 
 @_cross_backward_op.register_fake
-def _(dy, u, x_dbl, dt_weight, dt_bias, A, D, states, order):
+def _(dy, u, x_dbl, dt_weight, dt_bias, A, D, order):
     return tuple(torch.empty_like(t) for t in (u, x_dbl, dt_weight, dt_bias, A, D))
 
 
 def _cross_setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs[:6], output[1])
-    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(*inputs[:6])
     ctx.order = inputs[6]
 
 
-def _cross_autograd_backward(ctx, dy, _):
+def _cross_autograd_backward(ctx, dy):
     grads = _cross_backward_op(dy.contiguous(memory_format=_memory_format(dy)), *ctx.saved_tensors, ctx.order)
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,)
 
 
 _cross_op.register_autograd(_cross_autograd_backward, setup_context=_cross_setup_context)
@@ -367,7 +344,5 @@ def cross_selective_scan(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: T
     if order not in _ORDERS:
         raise ValueError(f"cross_selective_scan: order must be one of {sorted(_ORDERS)}, got {order!r}")
     if needs_dispatch(u, x_dbl, dt_weight, dt_bias, A, D):
-        # training keeps the backward's chunk-start states (a few % of the activations) instead of rescanning
-        save = torch.is_grad_enabled() and any(t.requires_grad for t in (u, x_dbl, dt_weight, dt_bias, A, D))
-        return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order, save)[0]
-    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)[0]
+        return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)

@@ -160,8 +160,8 @@ _SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK"]  # one compiled kernel serves every
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + ["CPP", "NPROG"])
 def _scan_fwd_kernel(
-    u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr, logp_ptr, send_ptr, bst_ptr,
-    E, H, W, L, NCHUNK, R: tl.constexpr, CPP, NPROG, NCHUNK_BWD,
+    u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr, logp_ptr, send_ptr,
+    E, H, W, L, NCHUNK, R: tl.constexpr, CPP, NPROG,
     su_b, su_k, su_d, su_h, su_w,
     sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
@@ -169,7 +169,7 @@ def _scan_fwd_kernel(
     sy_b, sy_k, sy_d, sy_h, sy_w,
     K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
-    LOAD_STATE: tl.constexpr, SUMMARY: tl.constexpr, STORE_Y: tl.constexpr, SAVE_EVERY: tl.constexpr,
+    LOAD_STATE: tl.constexpr, SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     NUM_STAGES: tl.constexpr, EVEN_D: tl.constexpr,
 ):
@@ -179,9 +179,6 @@ def _scan_fwd_kernel(
     each run's total log2-decay and end state from a zero start, `_run_starts_kernel` chains them into each run's
     start state, and a second launch (LOAD_STATE) recomputes the runs from there: the sequential chain shrinks
     from NCHUNK chunks to CPP chunks plus a cheap pass over the runs.
-
-    SAVE_EVERY > 0 (training): also store the state at the start of every SAVE_EVERY-position chunk of the
-    backward (B, K, E, NCHUNK_BWD, N) (the first, zero, is not stored), so the backward need not rescan for them.
     """
     b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R, EVEN_D)
     run = tl.program_id(2)
@@ -218,11 +215,6 @@ def _scan_fwd_kernel(
             log2_decay += tl.sum(dA2, axis=0)
         h = h + decay_prod * h_carry[None, :, :]
         h_carry = tl.sum(tl.where((offs_l == BLOCK_L - 1)[:, None, None], h, 0.0), axis=0)
-        if SAVE_EVERY > 0:  # the state after position p starts backward chunk (p + 1) / SAVE_EVERY
-            starts = (pos + 1) // SAVE_EVERY
-            save = mask_l & ((pos + 1) % SAVE_EVERY == 0) & (starts < NCHUNK_BWD)
-            tl.store(bst_ptr + (((b * K + k) * E + offs_d[None, None, :]) * NCHUNK_BWD + starts[:, None, None]) * N
-                     + offs_n[None, :, None], h, mask=save[:, None, None] & mask_nd[None, :, :])
         if STORE_Y:
             Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n,
                          mask=mask_ln, other=0.0).to(tl.float32)
@@ -309,8 +301,7 @@ def _scan_bwd_kernel(
         decay = tl.where(mask_l[:, None, None], _exp2(dt2[:, None, :] * A[None, :, :], FAST_MATH), 1.0)
         x = (dt * u)[:, None, :] * Bv[:, :, None]
         decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
-        h0 = tl.load(st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None],
-                     mask=mask_nd & (c > 0), other=0.0)
+        h0 = tl.load(st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None], mask=mask_nd, other=0.0)
         h = h + decay_prod * h0[None, :, :]
         # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, g past the end 0; the chunk after contributes
         # a_{end+1} g_{end+1} (carried), weighted by prod a_{t+1..end}

@@ -219,4 +219,5 @@ def test_no_grad_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch):
     assert triton_ops.needs_dispatch(*leaves)
     through_op = triton_ops.cross_selective_scan(*leaves)
     assert dispatched
-    torch.testing.assert_close(direct, through_op.detach(), rtol=0, atol=0)
+    # equal up to the order of the directions' fp32 atomic adds, which a GPU does not fix from run to run
+    torch.testing.assert_close(direct, through_op.detach(), rtol=1e-6, atol=1e-6)

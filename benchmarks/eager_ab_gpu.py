@@ -10,7 +10,8 @@ training) next to timm's Swin-T in every round:
 - dispatch: every no-grad call of the fused scan and of the LayerNorm goes through its torch.library custom op
   (as under autograd) instead of launching the kernel directly;
 - plain_mlp: the MLP as fc2(act(fc1(x))), autograd keeping act's output too (no recompute in the backward);
-- bwd16: the scan backward with 16-position chunks and 2 warps (the shipped one: ``triton_ops.CONFIGS``).
+- bwd32: the scan backward's launch config before 2026-11-22's fourth session (32-position chunks, 4 warps,
+  2 pipeline stages) instead of the shipped one in ``triton_ops.CONFIGS`` (16 positions, 2 warps).
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -48,8 +49,8 @@ def variant(name: str) -> Iterator[None]:
         triton_ops.needs_dispatch = layer_norm.needs_dispatch = lambda *tensors: True
     elif name == "plain_mlp":
         Mlp.forward = _plain_mlp_forward
-    elif name == "bwd16":
-        triton_ops.CONFIGS[True, True] = dict(BLOCK_L=16, BLOCK_D=32, NUM_STAGES=1, num_warps=2)
+    elif name == "bwd32":
+        triton_ops.CONFIGS[True, True] = dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4)
     elif name != "shipped":
         raise SystemExit(f"unknown variant {name!r}")
     try:

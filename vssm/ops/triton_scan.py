@@ -69,12 +69,17 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
+def _mufu(x, ASM: tl.constexpr):
+    """One special-function-unit instruction per element (CUDA only)."""
+    return tl.inline_asm_elementwise(ASM, "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _exp2(x, FAST_MATH: tl.constexpr):
     """2^x. FAST_MATH (CUDA): the bare MUFU ex2 with subnormal results flushed to 0 (tl.exp / tl.exp2 wrap it in a
     rescaling for subnormals: 5 instructions instead of 1); the interpreter (CI) runs the exact form."""
     if FAST_MATH:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return _mufu(x, "ex2.approx.ftz.f32 $0, $1;")
     else:
         return tl.exp2(x)
 
@@ -83,8 +88,7 @@ def _exp2(x, FAST_MATH: tl.constexpr):
 def _log2(x, FAST_MATH: tl.constexpr):
     """log2(x). FAST_MATH: MUFU lg2 (~2^-22 relative error) instead of libdevice's ~20-instruction polynomial."""
     if FAST_MATH:
-        return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return _mufu(x, "lg2.approx.f32 $0, $1;")
     else:
         return tl.log2(x)
 

@@ -160,6 +160,16 @@ def test_split_sequences_match(monkeypatch):
     test_plain_kernel_matches_torch_backend((1, 4, 5, 1, 70))
 
 
+@pytest.mark.parametrize("case", [(2, 5, 3, 4, 1, 2, "cross2d", False), (1, 6, 9, 8, 1, 3, "cross2d", True),
+                                  (1, 4, 3, 5, 2, 2, "bidi", False)], ids=["cross2d", "channels_last", "bidi_n2"])
+def test_dt_projection_as_gemm_matches(monkeypatch, case):
+    """Ranks from DT_GEMM_MIN_RANK on: the dt projection and its gradients run as GEMMs around the kernels."""
+    from vssm.ops import triton_ops
+
+    monkeypatch.setattr(triton_ops, "DT_GEMM_MIN_RANK", 1)
+    test_fused_ss2d_matches_composition(case)
+
+
 if HAS_TRITON:
     import triton
     import triton.language as tl

@@ -49,6 +49,10 @@ CONFIGS = {
     (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, CPP=1 << 30),
     (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
+# The fused SS2D op computes the dt projection (dt_low @ W_dt^T, rank R) inside the kernels for small ranks; from
+# this rank on it runs as one batched GEMM before them (and its gradients as two after the backward kernel): the
+# in-kernel form costs R broadcast loads and FMAs per element, and the backward's tl.dot pads R to a power of two.
+DT_GEMM_MIN_RANK = 12
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
 MAX_LENGTH = 1 << 20  # triton_scan._divmod is exact below this many positions
 
@@ -243,7 +247,16 @@ def _map(t: Tensor) -> Strides:
     return sb, 0, sc, sh, sw
 
 
-def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> _Scan:
+def _dt_low(x_dbl: Tensor, K: int, R: int, N: int) -> Tensor:
+    """Direction k's dt_low rows of x_dbl (B, K*(R+2N), H, W) as (K, B*H*W, R) fp32."""
+    batch, _, height, width = x_dbl.shape
+    low = x_dbl.unflatten(1, (K, R + 2 * N))[:, :, :R]
+    return low.permute(1, 0, 3, 4, 2).reshape(K, batch * height * width, R).float()
+
+
+def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> Tuple[_Scan, Optional[Tensor]]:
+    """The launch operands, and dt_low (K, B*H*W, R) when the dt projection runs as a GEMM (rank >=
+    DT_GEMM_MIN_RANK): the kernels then read its result, Δ's pre-activation z (K, B, H, W, E) fp32."""
     batch, E, H, W = u.shape
     K, E_w, R = dt_weight.shape
     N = A.shape[1]
@@ -251,12 +264,19 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> _Scan:
     sb, sc, sh, sw = x_dbl.stride()
     # x_dbl (B, K*(R+2N), H, W): direction k's [dt_low | B | C] rows; offsets into the same storage
     dl_strides = (sb, per_k * sc, sc, sh, sw)
-    return _Scan(
-        u=u, su=_map(u), dl=x_dbl, sdl=dl_strides, Bm=x_dbl[:, R:], sb=dl_strides, Cm=x_dbl[:, R + N:], sc=dl_strides,
-        w=dt_weight.contiguous(), bias=dt_bias.float().contiguous().view(-1), A=A.float().contiguous(),
+    dl, sdl, low, w = x_dbl, dl_strides, None, dt_weight.contiguous()
+    if R >= DT_GEMM_MIN_RANK:
+        low = _dt_low(x_dbl, K, R, N)
+        with torch.autocast(u.device.type, enabled=False):  # fp32 like the in-kernel projection
+            dl = torch.bmm(low, dt_weight.float().transpose(1, 2))  # (K, B*H*W, E)
+        sdl, w, R = (H * W * E, batch * H * W * E, 1, W * E, E), None, 0
+    op = _Scan(
+        u=u, su=_map(u), dl=dl, sdl=sdl, Bm=x_dbl[:, per_k - 2 * N:], sb=dl_strides, Cm=x_dbl[:, per_k - N:],
+        sc=dl_strides, w=w, bias=dt_bias.float().contiguous().view(-1), A=A.float().contiguous(),
         D=D.float().contiguous(), batch=batch, E=E, H=H, W=W, K=K, N=N, R=R, order=_ORDERS[order], merge=True,
         softplus=True,
     )
+    return op, low
 
 
 def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
@@ -275,7 +295,7 @@ def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
 
 def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
                    order: str) -> Tensor:
-    op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    op, _ = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
     y = torch.zeros_like(u, dtype=torch.float32)  # keeps u's memory format; the 4 directions add into it
     _forward(op, y, _map(y))
     return y
@@ -295,14 +315,24 @@ def _(u, x_dbl, dt_weight, dt_bias, A, D, order):
 def _cross_backward_op(
     dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    op = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    K, E, R = dt_weight.shape
     du = torch.zeros_like(u, dtype=torch.float32)
     d_x_dbl = torch.zeros_like(x_dbl, dtype=torch.float32)
     sb, sc, sh, sw = d_x_dbl.stride()
-    per_k = op.R + 2 * op.N
+    per_k = R + 2 * op.N
     sd = (sb, per_k * sc, sc, sh, sw)
-    dA, dD, dbias, dW = _backward(op, dy, _map(dy), du, _map(du), d_x_dbl, sd, d_x_dbl[:, op.R:], sd,
-                                  d_x_dbl[:, op.R + op.N:], sd)
+    d_dl, sddl = d_x_dbl, sd
+    if low is not None:  # the kernel writes dL/dz (K, B*H*W, E); the projection's gradients are two GEMMs
+        d_dl, sddl = torch.empty_like(op.dl), op.sdl
+    dA, dD, dbias, dW = _backward(op, dy, _map(dy), du, _map(du), d_dl, sddl, d_x_dbl[:, R:], sd,
+                                  d_x_dbl[:, R + op.N:], sd)
+    if low is not None:
+        with torch.autocast(u.device.type, enabled=False):
+            d_low = torch.bmm(d_dl, dt_weight.float())  # (K, B*H*W, R)
+            dW = torch.bmm(d_dl.transpose(1, 2), low)
+        batch, _, height, width = u.shape
+        d_x_dbl.unflatten(1, (K, per_k))[:, :, :R].copy_(d_low.view(K, batch, height, width, R).permute(1, 0, 4, 2, 3))
     return (du.to(u.dtype), d_x_dbl.to(x_dbl.dtype), dW.to(dt_weight.dtype), dbias.view(dt_bias.shape).to(dt_bias.dtype),
             dA.to(A.dtype), dD.to(D.dtype))
 

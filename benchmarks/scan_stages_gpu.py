@@ -1,0 +1,116 @@
+"""Time the fused SS2D scan op per stage of vmamba_tiny_s1l8 at batch 128 (bf16 inputs): forward, and backward with
+its chunk-state pass, for variants of the launcher side by side (the dt projection in the kernels or as GEMMs,
+backward launch configs); or run each stage once for a profiler (ncu):
+
+    PYTHONPATH=. python3 benchmarks/scan_stages_gpu.py [--stages 1,2,3,4] [--batch 128] [--variants shipped,fused,gemm]
+    ncu --clock-control none --kernel-name regex:_scan_ ... python3 benchmarks/scan_stages_gpu.py --once --stages 1
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from vssm.ops import triton_ops
+
+# (E, H, W, R) of vmamba_tiny_s1l8's stages at 224 px
+STAGES = {1: (96, 56, 56, 6), 2: (192, 28, 28, 12), 3: (384, 14, 14, 24), 4: (768, 7, 7, 48)}
+# launcher settings: DT_GEMM_MIN_RANK, and overrides of the backward launch config (N == 1)
+VARIANTS = {
+    "shipped": {},
+    "fused": dict(gemm=1 << 30),
+    "gemm": dict(gemm=0),
+    "gemm_bwd16x2s2": dict(gemm=0, bwd=dict(NUM_STAGES=2)),
+    "gemm_bwd16x4": dict(gemm=0, bwd=dict(num_warps=4)),
+    "gemm_bwd32x4s2": dict(gemm=0, bwd=dict(BLOCK_L=32, num_warps=4, NUM_STAGES=2)),
+    "gemm_bwd16x1": dict(gemm=0, bwd=dict(num_warps=1)),
+    "fused_bwd16x2s2": dict(gemm=1 << 30, bwd=dict(NUM_STAGES=2)),
+    "fused_bwd16x4": dict(gemm=1 << 30, bwd=dict(num_warps=4)),
+}
+
+
+def apply(variant: str, shipped: tuple) -> None:
+    """Set the launcher's module-level knobs to a variant (from the shipped values)."""
+    spec = VARIANTS[variant]
+    triton_ops.DT_GEMM_MIN_RANK = spec.get("gemm", shipped[0])
+    triton_ops.CONFIGS[True, True] = dict(shipped[1], **spec.get("bwd", {}))
+
+
+BLOCKS = {1: 2, 2: 2, 3: 8, 4: 2}  # vmamba_tiny_s1l8's depths
+
+
+def inputs(batch: int, stage: int, K: int = 4, dev: str = "cuda"):
+    """Fresh random operands of the fused op, in the layout SS2D passes them (channels_last maps)."""
+    E, H, W, R = STAGES[stage]
+    cl = dict(memory_format=torch.channels_last)
+    u = torch.randn(batch, E, H, W, device=dev, dtype=torch.bfloat16).contiguous(**cl)
+    x_dbl = torch.randn(batch, K * (R + 2), H, W, device=dev, dtype=torch.bfloat16).contiguous(**cl)
+    dtw = torch.randn(K, E, R, device=dev) * R ** -0.5
+    dtb = torch.rand(K, E, device=dev) - 2
+    A = -torch.rand(K * E, 1, device=dev) - 0.5
+    Dv = torch.randn(K * E, device=dev)
+    dy = torch.randn(batch, E, H, W, device=dev).contiguous(**cl)
+    return u, x_dbl, dtw, dtb, A, Dv, dy
+
+
+def run(batch: int, stage: int):
+    u, x_dbl, dtw, dtb, A, Dv, dy = inputs(batch, stage)
+    forward = lambda: triton_ops.cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv)  # noqa: E731
+    backward = lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d")  # noqa: E731
+    return forward, backward
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stages", default="1,2,3,4")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--variants", default="shipped", help=f"comma-separated, of {sorted(VARIANTS)}")
+    parser.add_argument("--once", action="store_true", help="one forward and one backward per stage (for ncu)")
+    args = parser.parse_args()
+    import triton.testing
+
+    shipped = triton_ops.DT_GEMM_MIN_RANK, dict(triton_ops.CONFIGS[True, True])
+    variants = args.variants.split(",")
+    stages = [int(s) for s in args.stages.split(",")]
+    times = {}
+    for stage in stages:
+        forward, backward = run(args.batch, stage)
+        first = None
+        for variant in variants:
+            apply(variant, shipped)
+            if args.once:
+                forward(), backward()
+                torch.cuda.synchronize()
+                continue
+            outs = [forward()] + list(backward())
+            if first is None:
+                first = outs
+            diff = max(rel(a, b) for a, b in zip(outs, first))  # against the first variant: same function
+            fwd_ms = triton.testing.do_bench(forward, warmup=25, rep=200)
+            bwd_ms = triton.testing.do_bench(backward, warmup=25, rep=200)
+            times[stage, variant] = fwd_ms, bwd_ms
+            print(f"stage {stage} {variant:16s}: forward {fwd_ms:.3f} ms, backward {bwd_ms:.3f} ms, "
+                  f"max rel diff to {variants[0]} {diff:.1e}", flush=True)
+    if times:
+        print("| stage (E, H x W, R) | " + " | ".join(f"{v} fwd / bwd ms" for v in variants) + " |")
+        print("|---" * (len(variants) + 1) + "|")
+        for stage in stages + ["sum"]:
+            label = "s1l8 blocks (2-2-8-2)" if stage == "sum" else "{} ({}, {}x{}, {})".format(stage, *STAGES[stage][:1], *STAGES[stage][1:])
+            cells = []
+            for v in variants:
+                if stage == "sum":
+                    f = sum(BLOCKS[s] * times[s, v][0] for s in stages)
+                    b = sum(BLOCKS[s] * times[s, v][1] for s in stages)
+                else:
+                    f, b = times[stage, v]
+                cells.append(f"{f:.3f} / {b:.3f}")
+            print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def rel(a, b) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+if __name__ == "__main__":
+    main()

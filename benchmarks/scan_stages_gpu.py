@@ -15,17 +15,16 @@ from vssm.ops import triton_ops
 
 # (E, H, W, R) of vmamba_tiny_s1l8's stages at 224 px
 STAGES = {1: (96, 56, 56, 6), 2: (192, 28, 28, 12), 3: (384, 14, 14, 24), 4: (768, 7, 7, 48)}
-# launcher settings: DT_GEMM_MIN_RANK, and overrides of the backward launch config (N == 1)
+# launcher settings: DT_GEMM_MIN_RANK (the forward's dt projection in-kernel below it, a GEMM from it on), and
+# overrides of the backward launch config (N == 1)
 VARIANTS = {
     "shipped": {},
-    "fused": dict(gemm=1 << 30),
-    "gemm": dict(gemm=0),
-    "gemm_bwd16x2s2": dict(gemm=0, bwd=dict(NUM_STAGES=2)),
-    "gemm_bwd16x4": dict(gemm=0, bwd=dict(num_warps=4)),
-    "gemm_bwd32x4s2": dict(gemm=0, bwd=dict(BLOCK_L=32, num_warps=4, NUM_STAGES=2)),
-    "gemm_bwd16x1": dict(gemm=0, bwd=dict(num_warps=1)),
-    "fused_bwd16x2s2": dict(gemm=1 << 30, bwd=dict(NUM_STAGES=2)),
-    "fused_bwd16x4": dict(gemm=1 << 30, bwd=dict(num_warps=4)),
+    "fwd_fused": dict(gemm=1 << 30),
+    "fwd_gemm": dict(gemm=0),
+    "bwd16x2": dict(bwd=dict(num_warps=2)),
+    "bwd16x1s2": dict(bwd=dict(NUM_STAGES=2)),
+    "bwd32x1": dict(bwd=dict(BLOCK_L=32)),
+    "bwd16x4": dict(bwd=dict(num_warps=4)),
 }
 
 

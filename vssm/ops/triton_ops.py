@@ -45,14 +45,15 @@ _ORDERS = {"unidi": 0, "cross2d": 1, "bidi": 2}
 # CPP: chunks per program in the forward (a sequence longer than that is split into runs scanned in parallel)
 CONFIGS = {
     (True, False): dict(BLOCK_L=64, BLOCK_D=32, NUM_STAGES=2, num_warps=2, CPP=1 << 30),
-    (True, True): dict(BLOCK_L=16, BLOCK_D=32, NUM_STAGES=1, num_warps=2),
+    (True, True): dict(BLOCK_L=16, BLOCK_D=32, NUM_STAGES=1, num_warps=1),
     (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, CPP=1 << 30),
     (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
-# The fused SS2D op computes the dt projection (dt_low @ W_dt^T, rank R) inside the kernels for small ranks; from
-# this rank on it runs as one batched GEMM before them (and its gradients as two after the backward kernel): the
-# in-kernel form costs R broadcast loads and FMAs per element, and the backward's tl.dot pads R to a power of two.
-DT_GEMM_MIN_RANK = 12
+# The fused SS2D forward computes the dt projection (dt_low @ W_dt^T, rank R) inside the kernel for small ranks; from
+# this rank on it runs as one batched GEMM before it (R broadcast loads and FMAs per element cost more than writing
+# and reading z; H100, benchmarks/scan_stages_gpu.py: in-kernel faster at R = 6 and 12, the GEMM at 24 and 48).
+# The backward always takes z from a GEMM and returns dL/dz to two more (fused: 1.2-2.6x slower per stage).
+DT_GEMM_MIN_RANK = 16
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
 MAX_LENGTH = 1 << 20  # triton_scan._divmod is exact below this many positions
 
@@ -68,7 +69,7 @@ class _Scan:
 
     u: Tensor
     su: Strides
-    dl: Tensor  # delta (R == 0) or dt_low (R > 0)
+    dl: Tensor  # delta or Δ's pre-activation z (R == 0), or dt_low (R > 0: the forward kernel projects it)
     sdl: Strides
     Bm: Tensor
     sb: Strides
@@ -97,11 +98,10 @@ class _Scan:
             )
 
     def config(self, backward: bool = False) -> dict:
-        """Tile sizes and launch options (BLOCK_D, BLOCK_R >= 16: tl.dot's minimum)."""
+        """Tile sizes and launch options."""
         cfg = dict(CONFIGS[self.N == 1, backward])
         cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
         cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
-        cfg["BLOCK_R"] = max(16, triton.next_power_of_2(max(self.R, 1)))
         cfg["EVEN_D"] = self.E % cfg["BLOCK_D"] == 0
         if backward:
             cfg.pop("CPP", None)
@@ -119,7 +119,7 @@ class _Scan:
         )
 
     def flags(self):
-        return dict(K=self.K, N=self.N, DT_PROJ=self.R > 0, ORDER=self.order, MERGE=self.merge, SOFTPLUS=self.softplus,
+        return dict(K=self.K, N=self.N, ORDER=self.order, MERGE=self.merge, SOFTPLUS=self.softplus,
                     HAS_D=self.D is not None, HAS_BIAS=self.bias is not None, FAST_MATH=self.u.is_cuda)
 
 
@@ -135,7 +135,7 @@ def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]
     kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
         *op.common(), op.A, op.A, log_decay, end, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
         *op.su, *op.sdl, *op.sb, *op.sc, 0, 0, 0, 0, 0,
-        **op.flags(), LOAD_STATE=False, SUMMARY=True, STORE_Y=False, **cfg,
+        **op.flags(), DT_PROJ=op.R > 0, LOAD_STATE=False, SUMMARY=True, STORE_Y=False, **cfg,
     )
     kernels._run_starts_kernel[op.grid(cfg["BLOCK_D"])[:2]](
         log_decay, end, states, op.E, runs, K=op.K, N=op.N, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
@@ -156,15 +156,15 @@ def _forward(op: _Scan, y: Tensor, sy: Strides) -> None:
     kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
         *op.common(), y, states, op.A, op.A, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
         *op.su, *op.sdl, *op.sb, *op.sc, *sy,
-        **op.flags(), LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, **cfg,
+        **op.flags(), DT_PROJ=op.R > 0, LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, **cfg,
     )
 
 
-def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl: Tensor, sddl: Strides,
-              dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """Run the backward kernel into du / ddl / dB / dC (dB, dC, ddl when R > 0 and du when merging are accumulated
-    with atomic adds: zero-filled fp32);
-    returns (dA, dD, dbias, dW) fp32."""
+def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, dz: Tensor, sdz: Strides,
+              dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides) -> Tuple[Tensor, Tensor, Tensor]:
+    """Run the backward kernel into du / dz (dL/d of Δ's pre-activation, op.dl) / dB / dC (dB, dC and du when
+    merging are accumulated with atomic adds: zero-filled fp32); returns (dA, dD, dbias) fp32."""
+    assert not op.R, "the backward kernel reads Δ's pre-activation: run the dt projection first"
     cfg = op.config(backward=True)
     states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
     length = op.H * op.W
@@ -172,14 +172,15 @@ def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, ddl
     dA = torch.zeros((op.K * op.E, op.N), **f32)
     dD = torch.zeros((op.K * op.E,), **f32)
     dbias = torch.zeros((op.K * op.E,), **f32)
-    dW = torch.zeros((op.K, op.E, op.R), **f32) if op.R else dA
+    fill = op.A  # pointers of absent operands are never read
     kernels._scan_bwd_kernel[op.grid(cfg["BLOCK_D"])](
-        *op.common(), dy, states, du, ddl, dW, dbias, dA, dD, dB, dC,
-        op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]), op.R,
-        *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sddl, *sdb, *sdc,
+        op.u, op.dl, op.bias if op.bias is not None else fill, op.A, op.D if op.D is not None else fill, op.Bm, op.Cm,
+        dy, states, du, dz, dbias, dA, dD, dB, dC,
+        op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]),
+        *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sdz, *sdb, *sdc,
         **op.flags(), **cfg,
     )
-    return dA, dD, dbias, (dW if op.R else None)
+    return dA, dD, dbias
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def selective_scan_triton_bwd(dout, u, delta, A, B, C, D, delta_bias, delta_soft
     ddelta = torch.empty(delta.shape, device=u.device, dtype=torch.float32)
     dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
     dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-    dA, dD, dbias, _ = _backward(op, dout, _plain(dout, op.E), du, _plain(du, op.E), ddelta, _plain(ddelta, op.E),
+    dA, dD, dbias = _backward(op, dout, _plain(dout, op.E), du, _plain(du, op.E), ddelta, _plain(ddelta, op.E),
                                  dB, _plain_bc(dB), dC, _plain_bc(dC))
     return (
         du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
@@ -254,9 +255,9 @@ def _dt_low(x_dbl: Tensor, K: int, R: int, N: int) -> Tensor:
     return low.permute(1, 0, 3, 4, 2).reshape(K, batch * height * width, R).float()
 
 
-def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> Tuple[_Scan, Optional[Tensor]]:
-    """The launch operands, and dt_low (K, B*H*W, R) when the dt projection runs as a GEMM (rank >=
-    DT_GEMM_MIN_RANK): the kernels then read its result, Δ's pre-activation z (K, B, H, W, E) fp32."""
+def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str, dt_gemm: bool) -> Tuple[_Scan, Optional[Tensor]]:
+    """The launch operands, and dt_low (K, B*H*W, R) when the dt projection runs as a GEMM (dt_gemm): the kernels
+    then read its result, Δ's pre-activation without the bias, z (K, B, H, W, E) fp32."""
     batch, E, H, W = u.shape
     K, E_w, R = dt_weight.shape
     N = A.shape[1]
@@ -265,7 +266,7 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str) -> Tuple[_Sca
     # x_dbl (B, K*(R+2N), H, W): direction k's [dt_low | B | C] rows; offsets into the same storage
     dl_strides = (sb, per_k * sc, sc, sh, sw)
     dl, sdl, low, w = x_dbl, dl_strides, None, dt_weight.contiguous()
-    if R >= DT_GEMM_MIN_RANK:
+    if dt_gemm:
         low = _dt_low(x_dbl, K, R, N)
         with torch.autocast(u.device.type, enabled=False):  # fp32 like the in-kernel projection
             dl = torch.bmm(low, dt_weight.float().transpose(1, 2))  # (K, B*H*W, E)
@@ -295,7 +296,7 @@ def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
 
 def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
                    order: str) -> Tensor:
-    op, _ = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    op, _ = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=dt_weight.shape[2] >= DT_GEMM_MIN_RANK)
     y = torch.zeros_like(u, dtype=torch.float32)  # keeps u's memory format; the 4 directions add into it
     _forward(op, y, _map(y))
     return y
@@ -315,24 +316,23 @@ def _(u, x_dbl, dt_weight, dt_bias, A, D, order):
 def _cross_backward_op(
     dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=True)
     K, E, R = dt_weight.shape
+    batch, _, height, width = u.shape
     du = torch.zeros_like(u, dtype=torch.float32)
     d_x_dbl = torch.zeros_like(x_dbl, dtype=torch.float32)
     sb, sc, sh, sw = d_x_dbl.stride()
     per_k = R + 2 * op.N
     sd = (sb, per_k * sc, sc, sh, sw)
-    d_dl, sddl = d_x_dbl, sd
-    if low is not None:  # the kernel writes dL/dz (K, B*H*W, E); the projection's gradients are two GEMMs
-        d_dl, sddl = torch.empty_like(op.dl), op.sdl
-    dA, dD, dbias, dW = _backward(op, dy, _map(dy), du, _map(du), d_dl, sddl, d_x_dbl[:, R:], sd,
-                                  d_x_dbl[:, R + op.N:], sd)
-    if low is not None:
-        with torch.autocast(u.device.type, enabled=False):
-            d_low = torch.bmm(d_dl, dt_weight.float())  # (K, B*H*W, R)
-            dW = torch.bmm(d_dl.transpose(1, 2), low)
-        batch, _, height, width = u.shape
-        d_x_dbl.unflatten(1, (K, per_k))[:, :, :R].copy_(d_low.view(K, batch, height, width, R).permute(1, 0, 4, 2, 3))
+    dz = torch.empty_like(op.dl)  # (K, B*H*W, E)
+    dA, dD, dbias = _backward(op, dy, _map(dy), du, _map(du), dz, op.sdl, d_x_dbl[:, R:], sd, d_x_dbl[:, R + op.N:], sd)
+    with torch.autocast(u.device.type, enabled=False):
+        d_low = torch.bmm(dz, dt_weight.float())  # (K, B*H*W, R)
+        # one GEMM per (k, image), then summed: one reduction over all B*H*W rows leaves cuBLAS too few output
+        # tiles (measured 30x slower at stage-1 shapes)
+        dW = torch.bmm(dz.view(K * batch, height * width, E).transpose(1, 2), low.reshape(K * batch, -1, R))
+        dW = dW.view(K, batch, E, R).sum(1)
+    d_x_dbl.unflatten(1, (K, per_k))[:, :, :R].copy_(d_low.view(K, batch, height, width, R).permute(1, 0, 4, 2, 3))
     return (du.to(u.dtype), d_x_dbl.to(x_dbl.dtype), dW.to(dt_weight.dtype), dbias.view(dt_bias.shape).to(dt_bias.dtype),
             dA.to(A.dtype), dD.to(D.dtype))
 

@@ -4,8 +4,10 @@ One forward and one backward kernel serve two geometries:
 
 - plain: the sequences of ``selective_scan`` (batch, K*D, L), one program per (batch, channel block, group k);
 - cross (SS2D): one feature map u (B, H, W, E) (any strides) read in each of the K=4 scan orders straight from
-  memory, the per-direction Δ computed in-kernel from the low-rank projection (dt_low @ W_dt^T + bias), and the K
-  outputs summed back onto the map (the cross-merge) with fp32 atomic adds, so no (B, 4, E, L) tensor exists.
+  memory, and the K outputs summed back onto the map (the cross-merge) with fp32 atomic adds, so no (B, 4, E, L)
+  tensor of the scan's input or output exists. The forward can compute each direction's Δ pre-activation in-kernel
+  from the low-rank projection (dt_low @ W_dt^T, small ranks); otherwise, and always in the backward, it reads the
+  pre-activation z that the launcher computed with a GEMM and the backward writes dL/dz for the launcher's GEMMs.
 
 Programs: one per (batch, channel block, direction); each walks its sequence chunk by chunk carrying the state, with
 the chunk loads software-pipelined (the chain of chunks is what bounds the time, not bandwidth).
@@ -129,34 +131,30 @@ def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, mask_l, mask_d, w_ptr, k, E, 
 
 
 @triton.jit
-def _program(E, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, EVEN_D: tl.constexpr):
-    """(batch, direction, channel offsets, channel mask, state offsets, rank offsets) of this program. EVEN_D (E a
-    multiple of BLOCK_D): the channel mask is a constant, so channel-contiguous loads and stores can be vectorised."""
+def _program(E, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr):
+    """(batch, direction, channel offsets, channel mask, state offsets) of this program. EVEN_D (E a multiple of
+    BLOCK_D): the channel mask is a constant, so channel-contiguous loads and stores can be vectorised."""
     pid = tl.program_id(0)
     n_dblk = tl.cdiv(E, BLOCK_D)
     b = (pid // n_dblk).to(tl.int64)
     offs_d = (pid % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = tl.full((BLOCK_D,), True, tl.int1) if EVEN_D else offs_d < E
-    return b, tl.program_id(1), offs_d, mask_d, tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_R)
+    return b, tl.program_id(1), offs_d, mask_d, tl.arange(0, BLOCK_N)
 
 
 @triton.jit
-def _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
-                      DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
-    """This program's slice of the per-direction parameters: W_dt^T (R, D), bias·log2(e) (D), A (N, D), D (D)."""
+def _direction_params(bias_ptr, a_ptr, d_ptr, k, E, N, offs_d, mask_d, offs_n,
+                      HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr):
+    """This program's slice of the per-direction parameters: bias·log2(e) (D), A (N, D), D (D)."""
     mask_nd = (offs_n < N)[:, None] & mask_d[None, :]
     A = tl.load(a_ptr + (k * E + offs_d[None, :]) * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
-    w_t = tl.zeros((1, 1), dtype=tl.float32)
-    if DT_PROJ:
-        w_t = tl.load(w_ptr + (k * E + offs_d[None, :]) * R + offs_r[:, None],
-                      mask=(offs_r < R)[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     bias2 = tl.zeros(offs_d.shape, dtype=tl.float32)  # in base 2, like the pre-activation it is added to
     if HAS_BIAS:
         bias2 = tl.load(bias_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32) * LOG2E
     Dk = tl.zeros(offs_d.shape, dtype=tl.float32)
     if HAS_D:
         Dk = tl.load(d_ptr + k * E + offs_d, mask=mask_d, other=0.0).to(tl.float32)
-    return A, w_t, bias2, Dk
+    return A, bias2, Dk
 
 
 _SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK"]  # one compiled kernel serves every stage / image size
@@ -174,8 +172,8 @@ def _scan_fwd_kernel(
     K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     LOAD_STATE: tl.constexpr, SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_STAGES: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
     """Program (batch x channel block, direction k, run p) scans chunks [p*CPP, (p+1)*CPP) of its sequence.
 
@@ -184,14 +182,13 @@ def _scan_fwd_kernel(
     start state, and a second launch (LOAD_STATE) recomputes the runs from there: the sequential chain shrinks
     from NCHUNK chunks to CPP chunks plus a cheap pass over the runs.
     """
-    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R, EVEN_D)
+    b, k, offs_d, mask_d, offs_n = _program(E, BLOCK_D, BLOCK_N, EVEN_D)
     run = tl.program_id(2)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     column_major, reverse = _direction(k, ORDER)
-    A, w_t, bias2, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
-                                          DT_PROJ, HAS_BIAS, HAS_D)
+    A, bias2, Dk = _direction_params(bias_ptr, a_ptr, d_ptr, k, E, N, offs_d, mask_d, offs_n, HAS_BIAS, HAS_D)
     run_offs = (((b * K + k) * E + offs_d[None, :]) * NPROG + run) * N + offs_n[:, None]
     if LOAD_STATE:
         h_carry = tl.load(st_ptr + run_offs, mask=mask_nd, other=0.0)
@@ -255,37 +252,37 @@ def _run_starts_kernel(logp_ptr, send_ptr, st_ptr, E, NPROG, K: tl.constexpr, N:
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _scan_bwd_kernel(
-    u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, dy_ptr, st_ptr,
-    du_ptr, ddl_ptr, dw_ptr, dbias_ptr, da_ptr, dd_ptr, db_ptr, dc_ptr,
-    E, H, W, L, NCHUNK, R: tl.constexpr,
+    u_ptr, z_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, dy_ptr, st_ptr,
+    du_ptr, dz_ptr, dbias_ptr, da_ptr, dd_ptr, db_ptr, dc_ptr,
+    E, H, W, L, NCHUNK,
     su_b, su_k, su_d, su_h, su_w,
-    sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
+    sz_b, sz_k, sz_d, sz_h, sz_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
     sc_b, sc_k, sc_n, sc_h, sc_w,
     sy_b, sy_k, sy_d, sy_h, sy_w,
     sdu_b, sdu_k, sdu_d, sdu_h, sdu_w,
-    sdd_b, sdd_k, sdd_c, sdd_h, sdd_w,
+    sdz_b, sdz_k, sdz_d, sdz_h, sdz_w,
     sdb_b, sdb_k, sdb_n, sdb_h, sdb_w,
     sdc_b, sdc_k, sdc_n, sdc_h, sdc_w,
-    K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
+    K: tl.constexpr, N: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    NUM_STAGES: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN_D: tl.constexpr,
 ):
-    b, k, offs_d, mask_d, offs_n, offs_r = _program(E, BLOCK_D, BLOCK_N, BLOCK_R, EVEN_D)
+    """Gradients of one (batch x channel block, direction k) sequence, chunks in reverse order. Δ comes from its
+    pre-activation z (the dt projection's GEMM already applied); dL/dz goes out per element for the launcher's
+    GEMMs (dt_low, W_dt); dB, dC (summed over the channel block) and du (when merging) are atomic adds."""
+    b, k, offs_d, mask_d, offs_n = _program(E, BLOCK_D, BLOCK_N, EVEN_D)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     column_major, reverse = _direction(k, ORDER)
-    A, w_t, bias2, Dk = _direction_params(w_ptr, bias_ptr, a_ptr, d_ptr, k, E, R, N, offs_d, mask_d, offs_n, offs_r,
-                                          DT_PROJ, HAS_BIAS, HAS_D)
+    A, bias2, Dk = _direction_params(bias_ptr, a_ptr, d_ptr, k, E, N, offs_d, mask_d, offs_n, HAS_BIAS, HAS_D)
     g_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # a_t g_t at the next chunk's first position
     acc_a = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     acc_d = tl.zeros((BLOCK_D,), dtype=tl.float32)
     acc_bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    acc_w = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)
     base_u = b * su_b + k * su_k
-    base_dl = b * sdl_b + k * sdl_k
     for ci in tl.range(0, NCHUNK, num_stages=NUM_STAGES):
         c = NCHUNK - 1 - ci
         pos = c * BLOCK_L + offs_l
@@ -294,8 +291,8 @@ def _scan_bwd_kernel(
         mask_ln = mask_l[:, None] & mask_n[None, :]
         hh, ww = _pixels(pos, column_major, reverse, H, W, L)
         u = tl.load(u_ptr + base_u + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)
-        z2 = _delta(dl_ptr, base_dl, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E, bias2, R,
-                    DT_PROJ)
+        z2 = _delta(z_ptr, b * sz_b + k * sz_k, hh * sz_h + ww * sz_w, sz_d, offs_d, mask_l, mask_d, None, k, E, bias2,
+                    0, DT_PROJ=False)
         dt2, e = _delta2(z2, SOFTPLUS, FAST_MATH)
         dt = dt2 * LN2
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)
@@ -331,16 +328,8 @@ def _scan_bwd_kernel(
             d_dt = tl.where(z2 > 20.0 * LOG2E, d_dt, d_dt * tl.fdiv(e, 1.0 + e))
         d_dt = tl.where(mask_ld, d_dt, 0.0)
         acc_bias += tl.sum(d_dt, axis=0)
-        pix_dd = hh * sdd_h + ww * sdd_w
-        if DT_PROJ:
-            d_low = tl.dot(d_dt, tl.trans(w_t), input_precision="ieee")  # (L, R)
-            tl.atomic_add(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd[:, None] + offs_r[None, :] * sdd_c, d_low,
-                          mask=mask_l[:, None] & (offs_r < R)[None, :], sem="relaxed")
-            low = tl.load(dl_ptr + base_dl + (hh * sdl_h + ww * sdl_w)[:, None] + offs_r[None, :] * sdl_c,
-                          mask=mask_l[:, None] & (offs_r < R)[None, :], other=0.0).to(tl.float32)
-            acc_w += tl.dot(tl.trans(low), d_dt, input_precision="ieee")
-        else:
-            tl.store(ddl_ptr + b * sdd_b + k * sdd_k + pix_dd[:, None] + offs_d[None, :] * sdd_c, d_dt, mask=mask_ld)
+        tl.store(dz_ptr + b * sdz_b + k * sdz_k + (hh * sdz_h + ww * sdz_w)[:, None] + offs_d[None, :] * sdz_d, d_dt,
+                 mask=mask_ld)
         du_ptrs = du_ptr + b * sdu_b + k * sdu_k + (hh * sdu_h + ww * sdu_w)[:, None] + offs_d[None, :] * sdu_d
         if MERGE:
             tl.atomic_add(du_ptrs, du, mask=mask_ld, sem="relaxed")
@@ -351,6 +340,3 @@ def _scan_bwd_kernel(
         tl.atomic_add(dd_ptr + k * E + offs_d, acc_d, mask=mask_d, sem="relaxed")
     if HAS_BIAS:
         tl.atomic_add(dbias_ptr + k * E + offs_d, acc_bias, mask=mask_d, sem="relaxed")
-    if DT_PROJ:
-        tl.atomic_add(dw_ptr + (k * E + offs_d[None, :]) * R + offs_r[:, None], acc_w,
-                      mask=(offs_r < R)[:, None] & mask_d[None, :], sem="relaxed")

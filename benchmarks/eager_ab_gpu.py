@@ -7,11 +7,12 @@ training) next to timm's Swin-T in every round:
 - shipped: as released;
 - conv: Linear2d as a 1x1 convolution (cuDNN adds the bias in a separate broadcast kernel) instead of the GEMM
   with the bias fused;
-- dispatch: every no-grad call of the fused scan and of the LayerNorm goes through its torch.library custom op
-  (as under autograd) instead of launching the kernel directly;
+- dispatch: every call of the fused scan goes through its torch.library custom op (as under torch.compile), with
+  the op's Python autograd in training, instead of launching the kernels directly (through an autograd.Function
+  when autograd records), and every LayerNorm through PyTorch's op;
 - plain_mlp: the MLP as fc2(act(fc1(x))), autograd keeping act's output too (no recompute in the backward);
-- bwd32: the scan backward's launch config before 2026-11-22's fourth session (32-position chunks, 4 warps,
-  2 pipeline stages) instead of the shipped one in ``triton_ops.CONFIGS`` (16 positions, 2 warps).
+- bwd16x2: the scan backward with 2 warps per program (the fourth session's config) instead of the shipped one in
+  ``triton_ops.CONFIGS`` (16 positions, 1 warp).
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -49,8 +50,8 @@ def variant(name: str) -> Iterator[None]:
         triton_ops.needs_dispatch = layer_norm.needs_dispatch = lambda *tensors: True
     elif name == "plain_mlp":
         Mlp.forward = _plain_mlp_forward
-    elif name == "bwd32":
-        triton_ops.CONFIGS[True, True] = dict(BLOCK_L=32, BLOCK_D=32, NUM_STAGES=2, num_warps=4)
+    elif name == "bwd16x2":
+        triton_ops.CONFIGS[True, True] = dict(triton_ops.CONFIGS[True, True], num_warps=2)
     elif name != "shipped":
         raise SystemExit(f"unknown variant {name!r}")
     try:

@@ -2,6 +2,8 @@
 TRITON_INTERPRET=1 (set by conftest.py before vssm is imported) with small shapes. GPU-only checks at full size are
 marked `gpu` and skip without CUDA (run them with `pytest -m gpu` on the device tool)."""
 
+import contextlib
+
 import pytest
 import torch
 
@@ -99,18 +101,27 @@ def test_model_uses_fused_path_and_matches():
         assert rel(a, b) < 1e-4
 
 
-def test_layer_norm_kernel():
-    x = torch.randn(2, 5, 7, 96, device=DEV, requires_grad=True)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_layer_norm_kernel(out_dtype):
+    """The kernel (eager no-grad calls; on CPU under the interpreter) is PyTorch's LayerNorm in fp32, written in the
+    dtype the next op consumes."""
+    from vssm.ops import layer_norm
+
+    x = torch.randn(2, 5, 7, 96, device=DEV)
+    w, b = torch.randn(96, device=DEV), torch.randn(96, device=DEV)
+    y = layer_norm._ln_forward(x, w, b, 1e-5, out_dtype)
+    ref = torch.nn.functional.layer_norm(x, (96,), w, b, 1e-5).to(out_dtype)
+    assert y.dtype == out_dtype
+    assert rel(y, ref) < (1e-5 if out_dtype == torch.float32 else 1e-2)
+
+
+def test_layer_norm_records_autograd_through_pytorch():
+    from vssm.ops import layer_norm
+
+    x = torch.randn(3, 4, 96, device=DEV, requires_grad=True)
     w, b = (torch.randn(96, device=DEV, requires_grad=True) for _ in range(2))
-    y, _, _ = torch.ops.vssm.layer_norm(x, w, b, 1e-5, torch.float32)
-    g = torch.randn_like(y)
-    y.backward(g)
-    got = (y.detach(), x.grad, w.grad, b.grad)
-    x2, w2, b2 = (t.detach().clone().requires_grad_(True) for t in (x, w, b))
-    y2 = torch.nn.functional.layer_norm(x2, (96,), w2, b2, 1e-5)
-    y2.backward(g)
-    for a, ref in zip(got, (y2.detach(), x2.grad, w2.grad, b2.grad)):
-        assert rel(a, ref) < 1e-5
+    y = layer_norm.layer_norm_last_dim(x, w, b, 1e-5)
+    assert y.grad_fn is not None and "NativeLayerNorm" in type(y.grad_fn).__name__
 
 
 def test_compiles_without_graph_breaks():
@@ -208,9 +219,11 @@ def test_too_long_sequence_is_a_clear_error():
                                         -torch.ones(4, 1, device=DEV), torch.ones(4, device=DEV))
 
 
-def test_no_grad_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch):
-    """Eager calls without gradients launch the kernels directly (host time); with gradients or under
-    torch.compile they go through the registered custom ops. Both give the same numbers."""
+def test_eager_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch):
+    """Eager calls launch the kernels directly (host time), through an autograd.Function when autograd records;
+    under a dispatch mode or torch.compile they go through the registered custom ops. All give the same numbers."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from vssm.ops import triton_ops
 
     g = torch.Generator().manual_seed(3)
@@ -219,15 +232,21 @@ def test_no_grad_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch):
     x_dbl = torch.randn(2, 4 * (R + 2), H, W, generator=g).to(DEV)
     args = [u, x_dbl, 0.5 * torch.randn(4, E, R, generator=g).to(DEV), (torch.rand(4, E, generator=g) - 1).to(DEV),
             -torch.rand(4 * E, 1, generator=g).to(DEV) - 0.5, torch.randn(4 * E, generator=g).to(DEV)]
+    dout = torch.randn(2, E, H, W, generator=g).to(DEV)
     dispatched = []
     real_op = triton_ops._cross_op
     monkeypatch.setattr(triton_ops, "_cross_op", lambda *a: dispatched.append(1) or real_op(*a))
     with torch.no_grad():
         direct = triton_ops.cross_selective_scan(*args)
     assert not dispatched and not triton_ops.needs_dispatch(*args)
-    leaves = [t.clone().requires_grad_(True) for t in args]
-    assert triton_ops.needs_dispatch(*leaves)
-    through_op = triton_ops.cross_selective_scan(*leaves)
-    assert dispatched
+    results = []
+    for mode in (contextlib.nullcontext(), FlopCounterMode(display=False)):
+        leaves = [t.clone().requires_grad_(True) for t in args]
+        with mode:
+            y = triton_ops.cross_selective_scan(*leaves)
+            y.backward(dout)
+        results.append((y.detach(), [t.grad for t in leaves]))
+        assert bool(dispatched) == isinstance(mode, FlopCounterMode)
     # equal up to the order of the directions' fp32 atomic adds, which a GPU does not fix from run to run
-    torch.testing.assert_close(direct, through_op.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(direct, results[0][0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-6)

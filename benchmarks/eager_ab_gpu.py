@@ -7,9 +7,8 @@ training) next to timm's Swin-T in every round:
 - shipped: as released;
 - conv: Linear2d as a 1x1 convolution (cuDNN adds the bias in a separate broadcast kernel) instead of the GEMM
   with the bias fused;
-- dispatch: every call of the fused scan goes through its torch.library custom op (as under torch.compile), with
-  the op's Python autograd in training, instead of launching the kernels directly (through an autograd.Function
-  when autograd records), and every LayerNorm through PyTorch's op;
+- dispatch: every no-grad call of the fused scan goes through its torch.library custom op (as under autograd)
+  instead of launching the kernel directly, and every LayerNorm through PyTorch's op instead of the kernel;
 - plain_mlp: the MLP as fc2(act(fc1(x))), autograd keeping act's output too (no recompute in the backward);
 - bwd16x2: the scan backward with 2 warps per program (the fourth session's config) instead of the shipped one in
   ``triton_ops.CONFIGS`` (16 positions, 1 warp).

@@ -283,9 +283,10 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str, dt_gemm: bool
 
 def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
     """Whether a call must go through its registered custom op: under torch.compile (which traces the op), under a
-    dispatch mode (FLOP counting, fake tensors) or on meta tensors. Eager calls launch the kernels directly, through
-    a plain autograd.Function when autograd records: the op's dispatch costs 20-50 us of host time per call, its
-    Python autograd ~0.4 ms per backward, and eager inference and training at these sizes are bound by the host."""
+    dispatch mode (FLOP counting, fake tensors) or on meta tensors; the fused scan also when autograd records it
+    (:func:`records_grad`). Other eager calls launch the kernel directly: the op's dispatch costs 20-50 us of host
+    time per call, and eager inference of the small-map stages is bound by the host. (A plain autograd.Function in
+    eager training instead of the op's autograd measured the same speed: benchmarks/eager_ab_gpu.py.)"""
     given = [t for t in tensors if t is not None]
     return (
         torch.compiler.is_compiling()
@@ -317,9 +318,10 @@ def _(u, x_dbl, dt_weight, dt_bias, A, D, order):
     return torch.empty_like(u, dtype=torch.float32)
 
 
-def _cross_backward(dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
-                    order: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (u, x_dbl, dt_weight, dt_bias, A, D) of the fused op for the output gradient dy."""
+@torch.library.custom_op("vssm::cross_selective_scan_backward", mutates_args=())
+def _cross_backward_op(
+    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=True)
     K, E, R = dt_weight.shape
     batch, _, height, width = u.shape
@@ -341,13 +343,6 @@ def _cross_backward(dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_
             dA.to(A.dtype), dD.to(D.dtype))
 
 
-@torch.library.custom_op("vssm::cross_selective_scan_backward", mutates_args=())
-def _cross_backward_op(
-    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _cross_backward(dy, u, x_dbl, dt_weight, dt_bias, A, D, order)
-
-
 @_cross_backward_op.register_fake
 def _(dy, u, x_dbl, dt_weight, dt_bias, A, D, order):
     return tuple(torch.empty_like(t) for t in (u, x_dbl, dt_weight, dt_bias, A, D))
@@ -358,25 +353,12 @@ def _cross_setup_context(ctx, inputs, output) -> None:
     ctx.order = inputs[6]
 
 
-def _cross_autograd_backward(ctx, dy, backward=_cross_backward_op):
-    grads = backward(dy.contiguous(memory_format=_memory_format(dy)), *ctx.saved_tensors, ctx.order)
+def _cross_autograd_backward(ctx, dy):
+    grads = _cross_backward_op(dy.contiguous(memory_format=_memory_format(dy)), *ctx.saved_tensors, ctx.order)
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,)
 
 
 _cross_op.register_autograd(_cross_autograd_backward, setup_context=_cross_setup_context)
-
-
-class _CrossScan(torch.autograd.Function):
-    """Eager autograd of the fused op: the custom op's forward and backward bodies without its dispatch."""
-
-    @staticmethod
-    def forward(ctx, u, x_dbl, dt_weight, dt_bias, A, D, order):
-        _cross_setup_context(ctx, (u, x_dbl, dt_weight, dt_bias, A, D, order), None)
-        return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _cross_autograd_backward(ctx, dy, backward=_cross_backward)
 
 
 def _memory_format(t: Tensor) -> torch.memory_format:
@@ -397,8 +379,6 @@ def cross_selective_scan(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: T
     """
     if order not in _ORDERS:
         raise ValueError(f"cross_selective_scan: order must be one of {sorted(_ORDERS)}, got {order!r}")
-    if needs_dispatch(u, x_dbl, dt_weight, dt_bias, A, D):
+    if needs_dispatch(u, x_dbl, dt_weight, dt_bias, A, D) or records_grad(u, x_dbl, dt_weight, dt_bias, A, D):
         return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
-    if records_grad(u, x_dbl, dt_weight, dt_bias, A, D):
-        return _CrossScan.apply(u, x_dbl, dt_weight, dt_bias, A, D, order)
     return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)

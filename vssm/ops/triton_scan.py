@@ -112,11 +112,12 @@ def _delta2(z2, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr):
 @triton.jit
 def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, mask_l, mask_d, w_ptr, k, E, bias2,
            R: tl.constexpr, DT_PROJ: tl.constexpr):
-    """Pre-activation in base 2, z·log2(e) (BLOCK_L, BLOCK_D): the given delta, or dt_low (BLOCK_L, R) @ W_dt^T
-    (R, BLOCK_D); plus the bias (bias2 is already scaled by log2(e)).
+    """Pre-activation in base 2, z·log2(e) (BLOCK_L, BLOCK_D): the given delta / pre-activation, or (forward, small
+    ranks: triton_ops.DT_GEMM_MIN_RANK) dt_low (BLOCK_L, R) @ W_dt^T (R, BLOCK_D); plus the bias (bias2 is already
+    scaled by log2(e)).
 
-    The rank-R product is R broadcast FMAs per element (R is 4-12 in the released models): a tl.dot would pad R to
-    16 and move both operands through shared memory."""
+    The rank-R product is R broadcast FMAs per element: a tl.dot would pad R to 16 and move both operands through
+    shared memory."""
     z2 = tl.zeros((mask_l.shape[0], offs_d.shape[0]), dtype=tl.float32) + bias2[None, :]
     if DT_PROJ:
         for r in tl.static_range(R):

@@ -285,8 +285,8 @@ def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
     """Whether a call must go through its registered custom op: under torch.compile (which traces the op), under a
     dispatch mode (FLOP counting, fake tensors) or on meta tensors; the fused scan also when autograd records it
     (:func:`records_grad`). Other eager calls launch the kernel directly: the op's dispatch costs 20-50 us of host
-    time per call, and eager inference of the small-map stages is bound by the host. (A plain autograd.Function in
-    eager training instead of the op's autograd measured the same speed: benchmarks/eager_ab_gpu.py.)"""
+    time per call, and eager inference of the small-map stages is bound by the host. (Eager training through a plain
+    autograd.Function instead of the op's autograd measured the same speed: results/gpu-2026-11-22.md, Update 5.)"""
     given = [t for t in tensors if t is not None]
     return (
         torch.compiler.is_compiling()

@@ -23,7 +23,6 @@ VARIANTS = {
     "fwd_gemm": dict(gemm=0),
     "bwd16x2": dict(bwd=dict(num_warps=2)),
     "bwd16x1s2": dict(bwd=dict(NUM_STAGES=2)),
-    "bwd32x1": dict(bwd=dict(BLOCK_L=32)),
     "bwd16x4": dict(bwd=dict(num_warps=4)),
 }
 

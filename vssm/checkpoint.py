@@ -14,7 +14,7 @@ import functools
 import os
 import pickle
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional
 
 import torch
 import torch.nn as nn

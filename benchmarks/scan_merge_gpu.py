@@ -34,7 +34,7 @@ def main() -> None:
         dtb = torch.rand(K, E, device=dev) - 2
         A = -torch.rand(K * E, 1, device=dev) - 0.5
         Dv = torch.randn(K * E, device=dev)
-        op = triton_ops._cross_scan_op(u, x_dbl, dtw, dtb, A, Dv, "cross2d")
+        op, _ = triton_ops._cross_scan_op(u, x_dbl, dtw, dtb, A, Dv, "cross2d", dt_gemm=False)
 
         def merged() -> torch.Tensor:
             y = torch.zeros_like(u, dtype=torch.float32)

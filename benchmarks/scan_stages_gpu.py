@@ -93,7 +93,7 @@ def main() -> None:
         print("| stage (E, H x W, R) | " + " | ".join(f"{v} fwd / bwd ms" for v in variants) + " |")
         print("|---" * (len(variants) + 1) + "|")
         for stage in stages + ["sum"]:
-            label = "s1l8 blocks (2-2-8-2)" if stage == "sum" else "{} ({}, {}x{}, {})".format(stage, *STAGES[stage][:1], *STAGES[stage][1:])
+            label = "s1l8 blocks (2-2-8-2)" if stage == "sum" else "{} ({}, {}x{}, {})".format(stage, *STAGES[stage])
             cells = []
             for v in variants:
                 if stage == "sum":

@@ -6,7 +6,8 @@ writes fp32 that the following 1x1 conv reads back only to cast it to bf16 / fp1
 projection (``autocast_output=True``) writes the autocast dtype directly; the numbers equal autocast's fp32 norm
 followed by the projection's own cast. When autograd records, or under torch.compile, PyTorch's op runs instead:
 its C++ autograd costs the host far less than a Python custom op's, and eager training is bound by the host
-(H100, benchmarks/eager_ab_gpu.py: vmamba_tiny_s1l8 fp16 training 1233 -> 1417-1428 img/s).
+(H100, same-process A/B: vmamba_tiny_s1l8 fp16 training 1233 -> 1417-1428 img/s; benchmarks/results/
+gpu-2026-11-22.md, Update 5).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .triton_ops import HAS_TRITON, needs_dispatch, records_grad, triton_usable
+from .triton_ops import HAS_TRITON, needs_dispatch, triton_usable
 
 if HAS_TRITON:
     import triton
@@ -66,7 +67,7 @@ def layer_norm_last_dim(
     """
     autocast = autocast_enabled(x.device)
     use_kernel = (triton_usable(x) and x.is_cuda and x.is_contiguous() and weight is not None
-                  and not needs_dispatch(x, weight, bias) and not records_grad(x, weight, bias))
+                  and not needs_dispatch(x, weight, bias))
     if not use_kernel:
         y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
         return y.to(torch.get_autocast_dtype(x.device.type)) if autocast and autocast_output else y

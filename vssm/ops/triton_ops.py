@@ -34,7 +34,6 @@ except ImportError:  # a CPU-only install without triton: the torch backend serv
 __all__ = [
     "HAS_TRITON",
     "needs_dispatch",
-    "records_grad",
     "triton_usable",
     "cross_selective_scan",
     "selective_scan_triton_fwd",
@@ -283,21 +282,17 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str, dt_gemm: bool
 
 def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
     """Whether a call must go through its registered custom op: under torch.compile (which traces the op), under a
-    dispatch mode (FLOP counting, fake tensors) or on meta tensors; the fused scan also when autograd records it
-    (:func:`records_grad`). Other eager calls launch the kernel directly: the op's dispatch costs 20-50 us of host
-    time per call, and eager inference of the small-map stages is bound by the host. (Eager training through a plain
-    autograd.Function instead of the op's autograd measured the same speed: results/gpu-2026-11-22.md, Update 5.)"""
+    dispatch mode (FLOP counting, fake tensors), on meta tensors, or when autograd records it. Other eager calls
+    launch the kernel directly: the op's dispatch costs 20-50 us of host time per call, and eager inference of the
+    small-map stages is bound by the host. (Eager training through a plain autograd.Function instead of the op's
+    autograd measured the same speed: benchmarks/results/gpu-2026-11-22.md, Update 5.)"""
     given = [t for t in tensors if t is not None]
     return (
         torch.compiler.is_compiling()
         or _get_current_dispatch_mode() is not None
         or any(t.is_meta or isinstance(t, FakeTensor) for t in given)
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in given))
     )
-
-
-def records_grad(*tensors: Optional[Tensor]) -> bool:
-    """Whether autograd records a call on these tensors."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
@@ -338,7 +333,8 @@ def _cross_backward_op(
         # tiles (measured 30x slower at stage-1 shapes)
         dW = torch.bmm(dz.view(K * batch, height * width, E).transpose(1, 2), low.reshape(K * batch, -1, R))
         dW = dW.view(K, batch, E, R).sum(1)
-    d_x_dbl.unflatten(1, (K, per_k))[:, :, :R].copy_(d_low.view(K, batch, height, width, R).permute(1, 0, 4, 2, 3))
+    d_low = d_low.view(K, batch, height, width, R).permute(1, 0, 4, 2, 3)  # (B, K, R, H, W)
+    d_x_dbl.unflatten(1, (K, per_k))[:, :, :R].copy_(d_low)
     return (du.to(u.dtype), d_x_dbl.to(x_dbl.dtype), dW.to(dt_weight.dtype), dbias.view(dt_bias.shape).to(dt_bias.dtype),
             dA.to(A.dtype), dD.to(D.dtype))
 
@@ -379,6 +375,6 @@ def cross_selective_scan(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: T
     """
     if order not in _ORDERS:
         raise ValueError(f"cross_selective_scan: order must be one of {sorted(_ORDERS)}, got {order!r}")
-    if needs_dispatch(u, x_dbl, dt_weight, dt_bias, A, D) or records_grad(u, x_dbl, dt_weight, dt_bias, A, D):
+    if needs_dispatch(u, x_dbl, dt_weight, dt_bias, A, D):
         return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
     return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)

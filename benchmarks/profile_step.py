@@ -4,8 +4,9 @@
     PYTHONPATH=. python benchmarks/profile_step.py --model vmamba_nano --img-size 64 --in-chans 1 --batch 512 \\
         --amp bf16 [--out DIR]
 
-Forward + backward + AdamW on random data (the optimizer step is included: it is part of every step), after
-warm-up steps. Prints the step time and the table of ops sorted by self device time (CPU time on a CPU); with
+Forward + backward + AdamW on random data (the optimizer step is included unless ``--no-optimizer``), after
+warm-up steps. Prints the step time and the table of ops sorted by self device time (``--sort cpu``: by self CPU
+time, for host-bound steps; always CPU time on a CPU); with
 ``--out`` also writes the full table and a Chrome trace.
 """
 from __future__ import annotations
@@ -34,6 +35,10 @@ def main() -> int:
     p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead"],
                    help="torch.compile the model with this mode (reduce-overhead: CUDA graphs); warm-up includes it")
     p.add_argument("--no-profile", action="store_true", help="only time the steps")
+    p.add_argument("--no-optimizer", action="store_true",
+                   help="forward + loss + backward only (the speed protocol of benchmarks/gpu_check.py)")
+    p.add_argument("--sort", default="device", choices=["device", "cpu"],
+                   help="order the table by self device time or by self CPU time (host-bound steps)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -53,8 +58,9 @@ def main() -> int:
             loss = F.cross_entropy(run_model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        if not args.no_optimizer:
+            scaler.step(optimizer)
+            scaler.update()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -83,12 +89,12 @@ def main() -> int:
         for _ in range(args.steps):
             step()
         sync()
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_cuda_time_total" if device.type == "cuda" and args.sort == "device" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60)
     print(table)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, f"profile-{args.model}.txt"), "w") as f:
+        with open(os.path.join(args.out, f"profile-{args.model}-{args.sort}.txt"), "w") as f:
             f.write(prof.key_averages().table(sort_by=key, row_limit=200, max_name_column_width=90))
         prof.export_chrome_trace(os.path.join(args.out, f"trace-{args.model}.json"))
     return 0

@@ -2,10 +2,11 @@
 
     PYTHONPATH=. python benchmarks/scan_cpu.py [--threads 2] [--skip-slow-reference] [--json out.json]
 
-1. selective_scan, torch backend vs the sequential reference, forward and forward+backward, at VMamba-T stage-1
-   shapes (B=1 and B=8, K=4, D=96, N=1, L=3136), fp32.
-2. vmamba_tiny_s1l8 vs timm swin_tiny_patch4_window7_224 (and convnext_tiny) forward latency at 1x3x224x224.
-Reported: median of the repeats (the reference, which takes minutes, runs once).
+1. selective_scan, the cpu (numba forward) and torch backends vs the sequential reference, forward and
+   forward+backward, at VMamba-T stage-1 shapes (B=1 and B=8, K=4, D=96, N=1, L=3136), fp32.
+2. vmamba_tiny_s1l8 (scan backend auto = cpu, and torch) vs timm swin_tiny_patch4_window7_224 (and convnext_tiny)
+   forward latency at 1x3x224x224.
+Reported: median of the repeats (the reference forward runs 3 times, its forward+backward, minutes, once).
 """
 import argparse
 import json
@@ -56,8 +57,8 @@ def scan_times(batch, backend, repeats, backward=True):
     return timed(forward, repeats), (timed(forward_backward, repeats) if backward else None)
 
 
-def model_latency(name, repeats):
-    model = vssm.create_model(name).eval()
+def model_latency(name, repeats, **kwargs):
+    model = vssm.create_model(name, **kwargs).eval()
     x = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         return timed(lambda: model(x), repeats)
@@ -73,19 +74,29 @@ def main():
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, timm {timm.__version__}")
     rows = []
-    print("\n| scan (B, K=4, D=96, N=1, L=3136) | torch fwd ms | reference fwd ms | speed-up | torch fwd+bwd ms | reference fwd+bwd ms | speed-up |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| scan (B, K=4, D=96, N=1, L=3136) | cpu fwd ms | torch fwd ms | reference fwd ms | speed-up cpu / torch "
+          "| cpu fwd+bwd ms | torch fwd+bwd ms | reference fwd+bwd ms | speed-up cpu / torch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for batch in (1, 8):
+        c_fwd, c_fb = scan_times(batch, "cpu", args.repeats)
         t_fwd, t_fb = scan_times(batch, "torch", args.repeats)
-        r_fwd, r_fb = scan_times(batch, "reference", 1, backward=not (batch == 8 and args.skip_slow_reference))
-        rows.append(dict(batch=batch, torch_fwd=t_fwd, ref_fwd=r_fwd, torch_fwd_bwd=t_fb, ref_fwd_bwd=r_fb))
-        fb = f"{r_fb * 1e3:.0f} | {r_fb / t_fb:.0f}x" if r_fb else "skipped | -"
-        print(f"| B={batch} | {t_fwd * 1e3:.1f} | {r_fwd * 1e3:.0f} | {r_fwd / t_fwd:.0f}x | {t_fb * 1e3:.1f} | {fb} |")
+        r_fwd, _ = scan_times(batch, "reference", min(3, args.repeats), backward=False)
+        r_fb = None if batch == 8 and args.skip_slow_reference else scan_times(batch, "reference", 1)[1]
+        rows.append(dict(batch=batch, cpu_fwd=c_fwd, torch_fwd=t_fwd, ref_fwd=r_fwd, cpu_fwd_bwd=c_fb,
+                         torch_fwd_bwd=t_fb, ref_fwd_bwd=r_fb))
+        fb = f"{r_fb * 1e3:.0f} | {r_fb / c_fb:.0f}x / {r_fb / t_fb:.0f}x" if r_fb else "skipped | -"
+        print(f"| B={batch} | {c_fwd * 1e3:.1f} | {t_fwd * 1e3:.1f} | {r_fwd * 1e3:.0f} | {r_fwd / c_fwd:.0f}x / "
+              f"{r_fwd / t_fwd:.0f}x | {c_fb * 1e3:.1f} | {t_fb * 1e3:.1f} | {fb} |")
     print("\n| model, 1x3x224x224 | forward ms (median) | vs swin_tiny |")
     print("|---|---|---|")
     latencies = {}
-    for name in ("swin_tiny_patch4_window7_224", "vmamba_tiny_s1l8", "convnext_tiny"):
-        latencies[name] = model_latency(name, args.repeats)
+    for label, name, kwargs in (
+        ("swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", {}),
+        ("vmamba_tiny_s1l8", "vmamba_tiny_s1l8", {}),
+        ("vmamba_tiny_s1l8 (scan_backend=torch)", "vmamba_tiny_s1l8", dict(scan_backend="torch")),
+        ("convnext_tiny", "convnext_tiny", {}),
+    ):
+        latencies[label] = model_latency(name, args.repeats, **kwargs)
     for name, t in latencies.items():
         print(f"| {name} | {t * 1e3:.0f} | {t / latencies['swin_tiny_patch4_window7_224']:.2f}x |")
     if args.json:

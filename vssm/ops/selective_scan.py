@@ -20,6 +20,8 @@ Backends (one public function, ``backend=``):
 - ``torch``: a vectorised work-efficient associative scan (pairwise reduction, log2(L) levels, no division by
   cumulative products) with a hand-written backward that recomputes the forward and runs the adjoint
   recurrence in reverse, in chunks of channels so memory stays bounded. Any device.
+- ``cpu``: forward and backward as fused numba loops (vssm/ops/numba_scan.py), fp32 state, CPU only; ``auto``
+  picks it on CPU when numba is installed and no input is float64.
 - further backends (the fused Triton kernel) register themselves with :func:`register_backend`.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cpu_ops import cpu_kernel_usable, selective_scan_cpu_bwd, selective_scan_cpu_fwd
 from .triton_ops import selective_scan_triton_bwd, selective_scan_triton_fwd, triton_usable
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "selective_scan_reference",
     "selective_scan_torch",
     "selective_scan_triton",
+    "selective_scan_cpu",
     "register_backend",
     "available_backends",
     "linear_scan",
@@ -50,15 +54,15 @@ _SOFTPLUS_THRESHOLD = 20.0  # torch's softplus (and the official CUDA kernel) re
 
 ScanFn = Callable[..., Tensor]
 _BACKENDS: Dict[str, ScanFn] = {}
-_AUTO_PREDICATES: Dict[str, Callable[[Tensor], bool]] = {}
+_AUTO_PREDICATES: Dict[str, Callable[..., bool]] = {}
 
 
-def register_backend(name: str, fn: ScanFn, use_for_auto: Optional[Callable[[Tensor], bool]] = None) -> None:
+def register_backend(name: str, fn: ScanFn, use_for_auto: Optional[Callable[..., bool]] = None) -> None:
     """Register a selective-scan backend.
 
     ``fn`` takes ``(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)`` with validated arguments and
-    B, C always 4-D. ``use_for_auto(u)`` says whether ``backend="auto"`` should pick it for this input; backends
-    registered later take precedence.
+    B, C always 4-D. ``use_for_auto(u, delta, A, B, C, D, delta_bias)`` says whether ``backend="auto"`` should
+    pick it for these inputs; backends registered later take precedence.
     """
     _BACKENDS[name] = fn
     if use_for_auto is not None:
@@ -303,6 +307,8 @@ def _scan_op(
 ) -> Tensor:
     if impl == "triton":
         return selective_scan_triton_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
+    if impl == "cpu":
+        return selective_scan_cpu_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)
     dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
     args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
     return _torch_forward(args, delta_softplus, out_dtype or u.dtype)
@@ -329,6 +335,8 @@ def _scan_backward_op(
     """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias); dD / ddelta_bias are zeros when D / delta_bias are None."""
     if impl == "triton":
         return selective_scan_triton_bwd(dout, u, delta, A, B, C, D, delta_bias, delta_softplus)
+    if impl == "cpu":
+        return selective_scan_cpu_bwd(dout, u, delta, A, B, C, D, delta_bias, delta_softplus)
     dtype = _compute_dtype(u, delta, A, B, C, D, delta_bias)
     args = _GroupedInputs(u, delta, A, B, C, D, delta_bias, dtype)
     batch, groups, group_size, n_state, length = args.shape
@@ -417,9 +425,18 @@ def selective_scan_triton(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
     return _scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, "triton")
 
 
+def selective_scan_cpu(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, out_dtype=None) -> Tensor:
+    """The CPU backend: the same custom op with the numba kernels (vssm/ops/numba_scan.py)."""
+    if not cpu_kernel_usable(u, delta, A, B, C, D, delta_bias):
+        raise ValueError("selective_scan: backend 'cpu' needs CPU tensors of float32, bfloat16 or float16 and the "
+                         "numba package (pip install numba; unset VSSM_DISABLE_NUMBA); use backend='torch' here")
+    return _scan_op(u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype, "cpu")
+
+
 register_backend("reference", selective_scan_reference)
-register_backend("torch", selective_scan_torch, use_for_auto=lambda u: True)
-register_backend("triton", selective_scan_triton, use_for_auto=lambda u: u.is_cuda and triton_usable(u))
+register_backend("torch", selective_scan_torch, use_for_auto=lambda *tensors: True)
+register_backend("cpu", selective_scan_cpu, use_for_auto=cpu_kernel_usable)
+register_backend("triton", selective_scan_triton, use_for_auto=lambda u, *rest: u.is_cuda and triton_usable(u))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -448,14 +465,16 @@ def selective_scan(
         delta_bias: (K*D,) added to delta before the softplus, or None.
         delta_softplus: apply softplus (threshold 20, like torch and the official kernel) to delta + bias.
         out_dtype: dtype of y; None keeps u's dtype (pass torch.float32 for the official "oflex" behaviour).
-        backend: "auto" (the fastest registered backend for the input's device), "torch", "reference", or any
+        backend: "auto" (the fastest registered backend for the input's device: "triton" on CUDA, "cpu" on CPU with
+            numba and no float64 input, else "torch"), "torch", "cpu", "reference", or any
             registered name (see :func:`available_backends`).
     """
     _check_args(u, delta, A, B, C, D, delta_bias)
     if B.dim() == 3:
         B, C = B.unsqueeze(1), C.unsqueeze(1)
     if backend == "auto":
-        backend = next(name for name in reversed(list(_AUTO_PREDICATES)) if _AUTO_PREDICATES[name](u))
+        tensors = (u, delta, A, B, C, D, delta_bias)
+        backend = next(name for name in reversed(list(_AUTO_PREDICATES)) if _AUTO_PREDICATES[name](*tensors))
     elif backend not in _BACKENDS:
         raise ValueError(f"selective_scan: unknown backend {backend!r}; available: {', '.join(_BACKENDS)} or 'auto'")
     return _BACKENDS[backend](u, delta, A, B, C, D, delta_bias, delta_softplus, out_dtype)

@@ -1,13 +1,13 @@
-"""LayerNorm over the last (contiguous) dim; in eager inference with a Triton kernel: many rows per program, fp32
+"""LayerNorm over the last (contiguous) dim with Triton kernels in eager mode: many rows per program, fp32
 statistics, output written in the dtype the next op consumes.
 
 PyTorch's kernel handles the small channel counts of VMamba (96..768) one row per block, and under autocast
 writes fp32 that the following 1x1 conv reads back only to cast it to bf16 / fp16. Here a norm that feeds a
 projection (``autocast_output=True``) writes the autocast dtype directly; the numbers equal autocast's fp32 norm
-followed by the projection's own cast. When autograd records, or under torch.compile, PyTorch's op runs instead:
-its C++ autograd costs the host far less than a Python custom op's, and eager training is bound by the host
-(H100, same-process A/B: vmamba_tiny_s1l8 fp16 training 1233 -> 1417-1428 img/s; benchmarks/results/
-gpu-2026-11-22.md, Update 5).
+followed by the projection's own cast. When autograd records, a plain ``autograd.Function`` runs the forward and
+backward kernels (a torch.library custom op's Python autograd cost ~200 us of host time per call and made eager
+training host-bound: benchmarks/results/gpu-2026-11-22.md, Updates 5 and 6). Under torch.compile, dispatch modes
+or on meta tensors PyTorch's op runs instead.
 """
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .triton_ops import HAS_TRITON, needs_dispatch, triton_usable
+from typing import Tuple
+
+from .triton_ops import HAS_TRITON, in_traced_context, triton_usable
 
 if HAS_TRITON:
     import triton
     import triton.language as tl
 
     @triton.jit(do_not_specialize=["M"])
-    def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, C: tl.constexpr, eps,
-                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, C: tl.constexpr, eps,
+                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, STATS: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.arange(0, BLOCK_C)
         mask = (rows < M)[:, None] & (cols < C)[None, :]
@@ -36,20 +38,79 @@ if HAS_TRITON:
         b = tl.load(b_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
         y = xc * rstd[:, None] * w[None, :] + b[None, :]
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if STATS:  # for the backward
+            tl.store(mean_ptr + rows, mean, mask=rows < M)
+            tl.store(rstd_ptr + rows, rstd, mask=rows < M)
+
+    @triton.jit(do_not_specialize=["M"])
+    def _ln_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr, M, C: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_C)
+        mask = (rows < M)[:, None] & (cols < C)[None, :]
+        offs = rows.to(tl.int64)[:, None] * C + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(mean_ptr + rows, mask=rows < M, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=rows < M, other=0.0)
+        w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        wdy = dy * w[None, :]
+        c1 = tl.sum(xhat * wdy, axis=1) / C
+        c2 = tl.sum(wdy, axis=1) / C
+        dx = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        # per-program partial sums of dweight / dbias, summed over programs by the caller
+        tl.store(dw_ptr + pid * C + cols, tl.sum(dy * xhat, axis=0), mask=cols < C)
+        tl.store(db_ptr + pid * C + cols, tl.sum(dy, axis=0), mask=cols < C)
 
 
 def _block_m(channels: int) -> int:
     return max(1, min(64, 4096 // triton.next_power_of_2(channels)))
 
 
-def _ln_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
+def _ln_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype,
+                stats: bool = False) -> Tuple[Tensor, ...]:
+    """(y,) or, with ``stats``, (y, mean, rstd) for the backward; x contiguous (M, C) in effect."""
     C = x.shape[-1]
     M = x.numel() // C
     y = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    mean = torch.empty(M if stats else 1, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
     block_m = _block_m(C)
-    _ln_fwd_kernel[(triton.cdiv(M, block_m),)](x, weight, bias, y, M, C, eps,
-                                               BLOCK_M=block_m, BLOCK_C=triton.next_power_of_2(C))
-    return y
+    _ln_fwd_kernel[(triton.cdiv(M, block_m),)](x, weight, bias, y, mean, rstd, M, C, eps, BLOCK_M=block_m,
+                                               BLOCK_C=triton.next_power_of_2(C), STATS=stats)
+    return (y, mean, rstd) if stats else (y,)
+
+
+def _ln_backward(dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    C = x.shape[-1]
+    M = x.numel() // C
+    block_m = _block_m(C)
+    programs = triton.cdiv(M, block_m)
+    dx = torch.empty_like(x)
+    dw = torch.empty((programs, C), device=x.device, dtype=torch.float32)
+    db = torch.empty_like(dw)
+    _ln_bwd_kernel[(programs,)](dy, x, weight, mean, rstd, dx, dw, db, M, C,
+                                BLOCK_M=block_m, BLOCK_C=triton.next_power_of_2(C))
+    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
+
+
+class _LayerNormFn(torch.autograd.Function):
+    """The kernels under eager autograd; not traceable (torch.compile uses PyTorch's op instead)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
+        y, mean, rstd = _ln_forward(x, weight, bias, eps, out_dtype, stats=True)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dx, dw, db = _ln_backward(dy.contiguous(), x, weight, mean, rstd)
+        return dx, dw, db, None, None
 
 
 def autocast_enabled(device: torch.device) -> bool:
@@ -66,8 +127,8 @@ def layer_norm_last_dim(
     that would cast anyway); otherwise fp32 under autocast like PyTorch, or x's dtype without autocast.
     """
     autocast = autocast_enabled(x.device)
-    use_kernel = (triton_usable(x) and x.is_cuda and x.is_contiguous() and weight is not None
-                  and not needs_dispatch(x, weight, bias))
+    use_kernel = (triton_usable(x) and x.is_cuda and x.is_contiguous() and weight is not None and bias is not None
+                  and not in_traced_context(x, weight, bias))
     if not use_kernel:
         y = F.layer_norm(x, x.shape[-1:], weight, bias, eps)
         return y.to(torch.get_autocast_dtype(x.device.type)) if autocast and autocast_output else y
@@ -75,4 +136,6 @@ def layer_norm_last_dim(
         out_dtype = torch.get_autocast_dtype(x.device.type) if autocast_output else torch.float32
     else:
         out_dtype = x.dtype
-    return _ln_forward(x, weight, bias, float(eps), out_dtype)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return _LayerNormFn.apply(x, weight, bias, float(eps), out_dtype)
+    return _ln_forward(x, weight, bias, float(eps), out_dtype)[0]

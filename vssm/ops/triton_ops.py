@@ -280,18 +280,24 @@ def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str, dt_gemm: bool
     return op, low
 
 
-def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
-    """Whether a call must go through its registered custom op: under torch.compile (which traces the op), under a
-    dispatch mode (FLOP counting, fake tensors), on meta tensors, or when autograd records it. Other eager calls
-    launch the kernel directly: the op's dispatch costs 20-50 us of host time per call, and eager inference of the
-    small-map stages is bound by the host. (Eager training through a plain autograd.Function instead of the op's
-    autograd measured the same speed: benchmarks/results/gpu-2026-11-22.md, Update 5.)"""
-    given = [t for t in tensors if t is not None]
+def in_traced_context(*tensors: Optional[Tensor]) -> bool:
+    """Whether a call is being traced rather than run: under torch.compile, under a dispatch mode (FLOP counting,
+    fake tensors), or on meta / fake tensors. Such calls must go through registered ops."""
     return (
         torch.compiler.is_compiling()
         or _get_current_dispatch_mode() is not None
-        or any(t.is_meta or isinstance(t, FakeTensor) for t in given)
-        or (torch.is_grad_enabled() and any(t.requires_grad for t in given))
+        or any(t is not None and (t.is_meta or isinstance(t, FakeTensor)) for t in tensors)
+    )
+
+
+def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
+    """Whether a call must go through its registered custom op: when traced (:func:`in_traced_context`) or when
+    autograd records it. Other eager calls launch the kernel directly: the op's dispatch costs 20-50 us of host time
+    per call, and eager inference of the small-map stages is bound by the host. (Eager training through a plain
+    autograd.Function instead of the op's autograd measured the same speed: benchmarks/results/gpu-2026-11-22.md,
+    Update 5.)"""
+    return in_traced_context(*tensors) or (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     )
 
 

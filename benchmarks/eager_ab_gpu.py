@@ -12,8 +12,8 @@ training) next to timm's Swin-T in every round:
 - plain_mlp: the MLP as fc2(act(fc1(x))), autograd keeping act's output too (no recompute in the backward);
 - bwd16x2: the scan backward with 2 warps per program (the fourth session's config) instead of the shipped one in
   ``triton_ops.CONFIGS`` (16 positions, 1 warp);
-- ln_native: LayerNorm under autograd through PyTorch's op (the fifth session's choice) instead of the Triton
-  kernels' autograd.Function.
+- ln_native / ln_all: LayerNorm under autograd always through PyTorch's op (the fifth session's choice) / always
+  through the Triton kernels' autograd.Function, instead of the kernels from ``GRAD_KERNEL_MIN_ELEMENTS`` on.
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -41,16 +41,10 @@ def _plain_mlp_forward(self: Mlp, x: torch.Tensor) -> torch.Tensor:
     return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
-class _NativeLayerNorm:
-    @staticmethod
-    def apply(x, weight, bias, eps, out_dtype):
-        return F.layer_norm(x, x.shape[-1:], weight, bias, eps).to(out_dtype)
-
-
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
-               layer_norm._LayerNormFn, dict(triton_ops.CONFIGS))
+               layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS))
     if name == "conv":
         Linear2d.forward = _conv_forward
     elif name == "dispatch":
@@ -59,15 +53,15 @@ def variant(name: str) -> Iterator[None]:
         Mlp.forward = _plain_mlp_forward
     elif name == "bwd16x2":
         triton_ops.CONFIGS[True, True] = dict(triton_ops.CONFIGS[True, True], num_warps=2)
-    elif name == "ln_native":
-        layer_norm._LayerNormFn = _NativeLayerNorm
+    elif name in ("ln_native", "ln_all"):
+        layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << 62 if name == "ln_native" else 0
     elif name != "shipped":
         raise SystemExit(f"unknown variant {name!r}")
     try:
         yield
     finally:
         (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
-         layer_norm._LayerNormFn, configs) = shipped
+         layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs) = shipped
         triton_ops.CONFIGS.update(configs)
 
 

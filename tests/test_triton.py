@@ -136,15 +136,17 @@ def test_layer_norm_autograd_kernels_match_pytorch(channels, out_dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the LayerNorm kernels serve CUDA tensors only")
-def test_layer_norm_dispatch_on_cuda():
-    """Eager autograd records the kernels' Function, no-grad calls launch the kernel alone, meta tensors (FLOP
-    counting) get PyTorch's op."""
+def test_layer_norm_dispatch_on_cuda(monkeypatch):
+    """Eager autograd records the kernels' Function from GRAD_KERNEL_MIN_ELEMENTS on and PyTorch's op below,
+    no-grad calls launch the kernel alone, meta tensors (FLOP counting) get PyTorch's op."""
     from vssm.ops import layer_norm
 
     x = torch.randn(3, 4, 96, device=DEV, requires_grad=True)
     w, b = (torch.randn(96, device=DEV, requires_grad=True) for _ in range(2))
-    y = layer_norm.layer_norm_last_dim(x, w, b, 1e-5)
-    assert type(y.grad_fn).__name__ == "_LayerNormFnBackward"
+    assert x.numel() < layer_norm.GRAD_KERNEL_MIN_ELEMENTS
+    assert "NativeLayerNorm" in type(layer_norm.layer_norm_last_dim(x, w, b, 1e-5).grad_fn).__name__
+    monkeypatch.setattr(layer_norm, "GRAD_KERNEL_MIN_ELEMENTS", x.numel())
+    assert type(layer_norm.layer_norm_last_dim(x, w, b, 1e-5).grad_fn).__name__ == "_LayerNormFnBackward"
     with torch.no_grad():
         assert layer_norm.layer_norm_last_dim(x, w, b, 1e-5).grad_fn is None
     meta = layer_norm.layer_norm_last_dim(x.detach().to("meta"), w.detach().to("meta"), b.detach().to("meta"), 1e-5)

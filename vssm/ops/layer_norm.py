@@ -5,9 +5,11 @@ PyTorch's kernel handles the small channel counts of VMamba (96..768) one row pe
 writes fp32 that the following 1x1 conv reads back only to cast it to bf16 / fp16. Here a norm that feeds a
 projection (``autocast_output=True``) writes the autocast dtype directly; the numbers equal autocast's fp32 norm
 followed by the projection's own cast. When autograd records, a plain ``autograd.Function`` runs the forward and
-backward kernels (a torch.library custom op's Python autograd cost ~200 us of host time per call and made eager
-training host-bound: benchmarks/results/gpu-2026-11-22.md, Updates 5 and 6). Under torch.compile, dispatch modes
-or on meta tensors PyTorch's op runs instead.
+backward kernels on large inputs (a torch.library custom op's Python autograd cost ~200 us of host time per call
+and made eager training host-bound: benchmarks/results/gpu-2026-11-22.md, Updates 5 and 6); below
+``GRAD_KERNEL_MIN_ELEMENTS`` PyTorch's op with its C++ autograd runs instead, because there the kernels' GPU saving
+is smaller than the Python launch cost they add. Under torch.compile, dispatch modes or on meta tensors PyTorch's
+op runs.
 """
 from __future__ import annotations
 
@@ -18,6 +20,11 @@ from torch import Tensor
 from typing import Tuple
 
 from .triton_ops import HAS_TRITON, in_traced_context, triton_usable
+
+# Under autograd the kernels run from this many elements on: at batch 128, vmamba_tiny_s1l8's stage-1 and stage-2
+# norms (38.5M, 19.3M elements), not stages 3 and 4 (9.6M, 4.8M), which make 3/4 of the calls but less than half
+# of the elements (A/B: benchmarks/eager_ab_gpu.py, variants ln_all / ln_native).
+GRAD_KERNEL_MIN_ELEMENTS = 1 << 24
 
 if HAS_TRITON:
     import triton
@@ -136,6 +143,8 @@ def layer_norm_last_dim(
         out_dtype = torch.get_autocast_dtype(x.device.type) if autocast_output else torch.float32
     else:
         out_dtype = x.dtype
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+    if not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)):
+        return _ln_forward(x, weight, bias, float(eps), out_dtype)[0]
+    if x.numel() >= GRAD_KERNEL_MIN_ELEMENTS:
         return _LayerNormFn.apply(x, weight, bias, float(eps), out_dtype)
-    return _ln_forward(x, weight, bias, float(eps), out_dtype)[0]
+    return F.layer_norm(x, x.shape[-1:], weight, bias, eps).to(out_dtype)

@@ -12,6 +12,9 @@ training) next to timm's Swin-T in every round:
 - plain_mlp: the MLP as fc2(act(fc1(x))), autograd keeping act's output too (no recompute in the backward);
 - bwd16x2: the scan backward with 2 warps per program (the fourth session's config) instead of the shipped one in
   ``triton_ops.CONFIGS`` (16 positions, 1 warp);
+- bias_add / bias_add_cast: every F.linear with a bias as the bare GEMM plus an in-place bias add (PyTorch's
+  fused-bias GEMM goes through cuBLASLt, which costs more host time per call) / the same with the bias cast to the
+  output's dtype first (an fp32 bias added into a bf16 map takes a slow mixed-dtype path: 5x the GEMM's time);
 - ln_native / ln_all: LayerNorm under autograd always through PyTorch's op (the fifth session's choice) / always
   through the Triton kernels' autograd.Function, instead of the kernels from ``GRAD_KERNEL_MIN_ELEMENTS`` on.
 
@@ -41,6 +44,19 @@ def _plain_mlp_forward(self: Mlp, x: torch.Tensor) -> torch.Tensor:
     return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+_LINEAR = F.linear
+
+
+def _linear_bias_add(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    y = _LINEAR(x, weight)
+    return y if bias is None else y.add_(bias)
+
+
+def _linear_bias_add_cast(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    y = _LINEAR(x, weight)
+    return y if bias is None else y.add_(bias.to(y.dtype))
+
+
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
@@ -53,6 +69,10 @@ def variant(name: str) -> Iterator[None]:
         Mlp.forward = _plain_mlp_forward
     elif name == "bwd16x2":
         triton_ops.CONFIGS[True, True] = dict(triton_ops.CONFIGS[True, True], num_warps=2)
+    elif name == "bias_add":
+        F.linear = _linear_bias_add
+    elif name == "bias_add_cast":
+        F.linear = _linear_bias_add_cast
     elif name in ("ln_native", "ln_all"):
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << 62 if name == "ln_native" else 0
     elif name != "shipped":
@@ -63,6 +83,7 @@ def variant(name: str) -> Iterator[None]:
         (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
          layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs) = shipped
         triton_ops.CONFIGS.update(configs)
+        F.linear = _LINEAR
 
 
 def main() -> None:

@@ -51,8 +51,10 @@ class _OutputPool:
 
     def take(self, shape) -> np.ndarray:
         count = int(np.prod(shape))
-        buffers = self.free.get(count)
-        buf = buffers.pop() if buffers else np.empty(count, np.float32)
+        try:  # one call, so that two threads cannot both take the last free buffer
+            buf = self.free[count].pop()
+        except (KeyError, IndexError):
+            buf = np.empty(count, np.float32)
         out = buf.reshape(shape)  # a view: the pool hears of its death through the finalizer
         weakref.finalize(out, self._give_back, buf)
         return out

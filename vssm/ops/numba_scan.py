@@ -4,12 +4,13 @@ LLVM, so this still needs no compiler on the user's machine; it is imported only
 Why a kernel: in eager PyTorch every elementwise step of the scan is its own pass over memory and softplus / exp
 dominate (on a 2-core VM, per million fp32 elements: softplus 1.8 ms, exp 0.5 ms, a multiply 0.1 ms), so the
 portable backend cannot go below ~6 ms at VMamba-T stage-1 shapes (benchmarks/results/scan-cpu-2026-11-22.md).
-Here each channel row is processed in cache-sized chunks: one vectorised pass computes dt = softplus(z) and the
-decay exp(dt*A) with polynomial exp / log1p that LLVM turns into SIMD code (libm's expf / log1pf are scalar calls
-that block vectorisation), then one scalar pass runs the recurrence h_t = a_t h_{t-1} + dt_t u_t B_t and writes y.
+Here channels are processed in chunks of positions that stay in L1: a vectorised pass computes dt = softplus(z)
+and the decay exp(dt*A) with a polynomial exp and log1p that LLVM turns into SIMD code (libm's expf / log1pf are
+scalar calls that block vectorisation), then a scalar pass runs the recurrence h_t = a_t h_{t-1} + dt_t u_t B_t.
+The backward recomputes the chunk's states from the state entering it and runs the adjoint the same way.
 
-Accuracy: the exp polynomial (degree 7 after Cody-Waite reduction) and the log1p series are within a few fp32
-ulps of libm over the whole range; arguments below -87 flush to exp(-87) ~ 1.6e-38 instead of 0. State and
+Accuracy: exp (degree-7 polynomial after a two-part ln 2 reduction) and softplus are within a few fp32 ulps over
+the whole range (tested against float64); results below 2^-125 flush to zero like denormals under FTZ. State and
 accumulation are fp32; inputs of any float dtype are converted to fp32 first, float64 is not handled here (the
 torch backend computes it in float64).
 """

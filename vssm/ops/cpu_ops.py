@@ -72,17 +72,9 @@ def _as_f32_array(t: Tensor) -> np.ndarray:
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
-def selective_scan_cpu_fwd(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor],
-    delta_bias: Optional[Tensor],
-    delta_softplus: bool,
-    out_dtype: Optional[torch.dtype],
-) -> Tensor:
+def selective_scan_cpu_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                           delta_bias: Optional[Tensor], delta_softplus: bool,
+                           out_dtype: Optional[torch.dtype]) -> Tensor:
     """The selective scan forward (shapes as in :func:`vssm.ops.selective_scan`, B and C 4-D): y (batch, K*D, L)."""
     kernels = _kernels()
     y = _POOL.take(tuple(u.shape))
@@ -95,24 +87,15 @@ def _kernel_args(kernels: ModuleType, u, delta, A, B, C, D, delta_bias) -> List[
     count to torch's."""
     numba = kernels.numba
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    zeros = torch.zeros(u.shape[1], dtype=torch.float32)
+    zeros = torch.zeros(u.shape[1], dtype=torch.float32) if D is None or delta_bias is None else None
     return [_as_f32_array(t) for t in (u, delta, A, B, C, zeros if D is None else D,
                                        zeros if delta_bias is None else delta_bias)]
 
 
-def selective_scan_cpu_bwd(
-    dout: Tensor,
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor],
-    delta_bias: Optional[Tensor],
-    delta_softplus: bool,
-) -> Tuple[Tensor, ...]:
-    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs' dtypes; dD / ddelta_bias are fp32 zeros'
-    shape when D / delta_bias are None (as the torch backend's)."""
+def selective_scan_cpu_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool) -> Tuple[Tensor, ...]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) in the inputs' dtypes; dD / ddelta_bias are fp32 (K*D,)
+    when D / delta_bias are None (as the torch backend's)."""
     kernels = _kernels()
     batch, channels, _ = u.shape
     n_state = A.shape[1]

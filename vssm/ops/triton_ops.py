@@ -230,7 +230,7 @@ def selective_scan_triton_bwd(dout, u, delta, A, B, C, D, delta_bias, delta_soft
     dB = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
     dC = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
     dA, dD, dbias = _backward(op, dout, _plain(dout, op.E), du, _plain(du, op.E), ddelta, _plain(ddelta, op.E),
-                                 dB, _plain_bc(dB), dC, _plain_bc(dC))
+                              dB, _plain_bc(dB), dC, _plain_bc(dC))
     return (
         du.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
         dD.to(D.dtype if D is not None else torch.float32),

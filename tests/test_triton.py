@@ -42,7 +42,7 @@ def plain_inputs(batch, k, d, n, length, seed):
     return [x.to(DEV) for x in t], torch.randn(batch, ch, length, generator=g).to(DEV)
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 3, 1, 7), (1, 4, 5, 1, 70), (2, 1, 3, 4, 33), (1, 2, 4, 2, 65)],
+@pytest.mark.parametrize("shape", [(2, 2, 3, 1, 7), (1, 4, 5, 1, 70), (2, 2, 16, 1, 130), (2, 1, 3, 4, 33), (1, 2, 4, 2, 65)],
                          ids=lambda s: "b{}k{}d{}n{}l{}".format(*s))
 def test_plain_kernel_matches_torch_backend(shape):
     inputs, dout = plain_inputs(*shape, seed=sum(shape))

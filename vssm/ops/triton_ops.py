@@ -49,6 +49,12 @@ CONFIGS = {
     (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, CPP=1 << 30),
     (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
+# the plain geometry at N=1 (tiles loaded position-contiguous: triton_scan._over_states): {backward: launch config};
+# H100, benchmarks/scan_bandwidth_gpu.py --sweep
+FLAT_CONFIGS = {
+    False: dict(BLOCK_L=64, BLOCK_D=8, NUM_STAGES=2, num_warps=2, CPP=1 << 30),
+    True: dict(BLOCK_L=32, BLOCK_D=8, NUM_STAGES=1, num_warps=2),
+}
 # The fused SS2D forward computes the dt projection (dt_low @ W_dt^T, rank R) inside the kernel for small ranks; from
 # this rank on it runs as one batched GEMM before it (R broadcast loads and FMAs per element cost more than writing
 # and reading z; H100, benchmarks/scan_stages_gpu.py: in-kernel faster at R = 6 and 12, the GEMM at 24 and 48).
@@ -99,13 +105,18 @@ class _Scan:
 
     def config(self, backward: bool = False) -> dict:
         """Tile sizes and launch options."""
-        cfg = dict(CONFIGS[self.N == 1, backward])
+        cfg = dict(FLAT_CONFIGS[backward] if self.flat and self.N == 1 else CONFIGS[self.N == 1, backward])
         cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
         cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
         cfg["EVEN_D"] = self.E % cfg["BLOCK_D"] == 0
         if backward:
             cfg.pop("CPP", None)
         return cfg
+
+    @property
+    def flat(self) -> bool:
+        """One row scanned forward (the plain geometry): triton_scan._pixels' FLAT path."""
+        return self.order == 0 and self.H == 1
 
     def grid(self, block_d: int, runs: int = 1) -> Tuple[int, int, int]:
         return self.batch * triton.cdiv(self.E, block_d), self.K, runs
@@ -119,8 +130,9 @@ class _Scan:
         )
 
     def flags(self):
-        return dict(K=self.K, N=self.N, ORDER=self.order, MERGE=self.merge, SOFTPLUS=self.softplus,
-                    HAS_D=self.D is not None, HAS_BIAS=self.bias is not None, FAST_MATH=self.u.is_cuda)
+        return dict(K=self.K, N=self.N, ORDER=self.order, FLAT=self.flat, MERGE=self.merge,
+                    SOFTPLUS=self.softplus, HAS_D=self.D is not None, HAS_BIAS=self.bias is not None,
+                    FAST_MATH=self.u.is_cuda)
 
 
 def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]:

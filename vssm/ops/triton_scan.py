@@ -59,8 +59,13 @@ def _divmod(p, n):
 
 
 @triton.jit
-def _pixels(pos, column_major, reverse, H, W, L):
-    """Sequence positions of a direction -> (h, w) of the pixels they read."""
+def _pixels(pos, column_major, reverse, H, W, L, FLAT: tl.constexpr):
+    """Sequence positions of a direction -> (h, w) of the pixels they read. FLAT (one row scanned forward, the plain
+    geometry): w = pos as such, so the compiler sees that consecutive positions are consecutive in memory and lays
+    the tiles out along L (coalesced loads and stores; through the runtime division it could not, and a warp's
+    load touched 32 rows)."""
+    if FLAT:
+        return tl.zeros_like(pos), pos
     p = tl.where(reverse, L - 1 - pos, pos)
     q, r = _divmod(p, tl.where(column_major, H, W))
     return tl.where(column_major, r, q), tl.where(column_major, q, r)
@@ -158,6 +163,19 @@ def _direction_params(bias_ptr, a_ptr, d_ptr, k, E, N, offs_d, mask_d, offs_n,
     return A, bias2, Dk
 
 
+@triton.jit
+def _over_states(t, KEEP_LAYOUT: tl.constexpr):
+    """(BLOCK_L, BLOCK_D) -> (BLOCK_L, 1, BLOCK_D), to broadcast against the states. KEEP_LAYOUT: through a reshape,
+    which keeps t's register layout (as loaded) for the 3-D scan; t[:, None, :] lets the compiler pick its default
+    3-D layout, channels across the lanes and positions along each thread. The default suits tiles loaded
+    channel-contiguous (the SS2D maps); for tiles loaded position-contiguous (the plain geometry at N = 1) it moved
+    every tile through shared memory and scanned across warps (SASS: 736 vs 496 instructions)."""
+    if KEEP_LAYOUT:
+        return tl.reshape(t, (t.shape[0], 1, t.shape[1]))
+    else:
+        return t[:, None, :]
+
+
 _SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK"]  # one compiled kernel serves every stage / image size
 
 
@@ -170,7 +188,8 @@ def _scan_fwd_kernel(
     sb_b, sb_k, sb_n, sb_h, sb_w,
     sc_b, sc_k, sc_n, sc_h, sc_w,
     sy_b, sy_k, sy_d, sy_h, sy_w,
-    K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
+    K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, FLAT: tl.constexpr,
+    MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     LOAD_STATE: tl.constexpr, SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
@@ -189,6 +208,7 @@ def _scan_fwd_kernel(
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     column_major, reverse = _direction(k, ORDER)
+    KEEP: tl.constexpr = FLAT and N == 1  # see _over_states
     A, bias2, Dk = _direction_params(bias_ptr, a_ptr, d_ptr, k, E, N, offs_d, mask_d, offs_n, HAS_BIAS, HAS_D)
     run_offs = (((b * K + k) * E + offs_d[None, :]) * NPROG + run) * N + offs_n[:, None]
     if LOAD_STATE:
@@ -201,7 +221,7 @@ def _scan_fwd_kernel(
         mask_l = pos < L
         mask_ld = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
-        hh, ww = _pixels(pos, column_major, reverse, H, W, L)
+        hh, ww = _pixels(pos, column_major, reverse, H, W, L, FLAT)
         u = tl.load(u_ptr + b * su_b + k * su_k + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d,
                     mask=mask_ld, other=0.0).to(tl.float32)
         z2 = _delta(dl_ptr, b * sdl_b + k * sdl_k, hh * sdl_h + ww * sdl_w, sdl_c, offs_d, mask_l, mask_d, w_ptr, k, E,
@@ -209,9 +229,9 @@ def _scan_fwd_kernel(
         dt2, _ = _delta2(z2, SOFTPLUS, FAST_MATH)
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n,
                      mask=mask_ln, other=0.0).to(tl.float32)
-        dA2 = tl.where(mask_l[:, None, None], dt2[:, None, :] * A[None, :, :], 0.0)  # padding passes h on
+        dA2 = tl.where(mask_l[:, None, None], _over_states(dt2, KEEP) * A[None, :, :], 0.0)  # padding passes h on
         decay = _exp2(dA2, FAST_MATH)
-        x = (dt2 * LN2 * u)[:, None, :] * Bv[:, :, None]
+        x = _over_states(dt2 * LN2 * u, KEEP) * Bv[:, :, None]
         decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
         if SUMMARY:
             log2_decay += tl.sum(dA2, axis=0)
@@ -265,7 +285,7 @@ def _scan_bwd_kernel(
     sdz_b, sdz_k, sdz_d, sdz_h, sdz_w,
     sdb_b, sdb_k, sdb_n, sdb_h, sdb_w,
     sdc_b, sdc_k, sdc_n, sdc_h, sdc_w,
-    K: tl.constexpr, N: tl.constexpr, ORDER: tl.constexpr, MERGE: tl.constexpr,
+    K: tl.constexpr, N: tl.constexpr, ORDER: tl.constexpr, FLAT: tl.constexpr, MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
     EVEN_D: tl.constexpr,
@@ -278,6 +298,7 @@ def _scan_bwd_kernel(
     mask_nd = mask_n[:, None] & mask_d[None, :]
     offs_l = tl.arange(0, BLOCK_L)
     column_major, reverse = _direction(k, ORDER)
+    KEEP: tl.constexpr = FLAT and N == 1  # see _over_states
     A, bias2, Dk = _direction_params(bias_ptr, a_ptr, d_ptr, k, E, N, offs_d, mask_d, offs_n, HAS_BIAS, HAS_D)
     g_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)  # a_t g_t at the next chunk's first position
     acc_a = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
@@ -290,7 +311,7 @@ def _scan_bwd_kernel(
         mask_l = pos < L
         mask_ld = mask_l[:, None] & mask_d[None, :]
         mask_ln = mask_l[:, None] & mask_n[None, :]
-        hh, ww = _pixels(pos, column_major, reverse, H, W, L)
+        hh, ww = _pixels(pos, column_major, reverse, H, W, L, FLAT)
         u = tl.load(u_ptr + base_u + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)
         z2 = _delta(z_ptr, b * sz_b + k * sz_k, hh * sz_h + ww * sz_w, sz_d, offs_d, mask_l, mask_d, None, k, E, bias2,
                     0, DT_PROJ=False)
@@ -300,14 +321,14 @@ def _scan_bwd_kernel(
         Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n, mask=mask_ln, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + b * sy_b + k * sy_k + (hh * sy_h + ww * sy_w)[:, None] + offs_d[None, :] * sy_d, mask=mask_ld, other=0.0).to(tl.float32)
         # states inside the chunk, from the chunk-start state
-        decay = tl.where(mask_l[:, None, None], _exp2(dt2[:, None, :] * A[None, :, :], FAST_MATH), 1.0)
-        x = (dt * u)[:, None, :] * Bv[:, :, None]
+        decay = tl.where(mask_l[:, None, None], _exp2(_over_states(dt2, KEEP) * A[None, :, :], FAST_MATH), 1.0)
+        x = _over_states(dt * u, KEEP) * Bv[:, :, None]
         decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
         h0 = tl.load(st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None], mask=mask_nd, other=0.0)
         h = h + decay_prod * h0[None, :, :]
         # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, g past the end 0; the chunk after contributes
         # a_{end+1} g_{end+1} (carried), weighted by prod a_{t+1..end}
-        beta = Cv[:, :, None] * dy[:, None, :]
+        beta = Cv[:, :, None] * _over_states(dy, KEEP)
         _, prod_rev, g = tl.associative_scan((decay, tl.full(decay.shape, 1.0, tl.float32), beta), axis=0,
                                              combine_fn=_combine_shifted, reverse=True)
         g = g + prod_rev * g_carry[None, :, :]
@@ -320,9 +341,9 @@ def _scan_bwd_kernel(
         if HAS_D:
             du += Dk[None, :] * dy
             acc_d += tl.sum(dy * u, axis=0)
-        acc_a += tl.sum(d_log_decay * dt[:, None, :], axis=0)
-        db_part = tl.sum(g * (dt * u)[:, None, :], axis=2)  # (L, N): this channel block's share
-        dc_part = tl.sum(h * dy[:, None, :], axis=2)
+        acc_a += tl.sum(d_log_decay * _over_states(dt, KEEP), axis=0)
+        db_part = tl.sum(g * _over_states(dt * u, KEEP), axis=2)  # (L, N): this channel block's share
+        dc_part = tl.sum(h * _over_states(dy, KEEP), axis=2)
         tl.atomic_add(db_ptr + b * sdb_b + k * sdb_k + (hh * sdb_h + ww * sdb_w)[:, None] + offs_n[None, :] * sdb_n, db_part, mask=mask_ln, sem="relaxed")
         tl.atomic_add(dc_ptr + b * sdc_b + k * sdc_k + (hh * sdc_h + ww * sdc_w)[:, None] + offs_n[None, :] * sdc_n, dc_part, mask=mask_ln, sem="relaxed")
         if SOFTPLUS:  # softplus' = sigmoid(z) = e^z / (1 + e^z)

@@ -1,0 +1,158 @@
+"""Bandwidth of the plain Triton selective scan at VMamba-T stage-1 shapes against a device-to-device copy (issue 3).
+
+Shape: B=128, K=4, D=96, L=3136, N=1 (``selective_scan``'s layout (B, K*D, L)). Bytes counted once: u and delta
+read, y written, B and C read (the forward); the backward reads u, delta, B, C, dy and writes du, ddelta, dB, dC
+(its chunk-state pass re-reads u, delta, B). Checks the kernel against the torch backend on fresh random inputs
+first (forward and gradients, odd L), then times the shipped launch config and, with ``--sweep``, its neighbours;
+``--strided`` also times the kernel with the plain geometry addressed like a 2-D map (FLAT off: the code before
+the FLAT path, same launch config), for an A/B in one process.
+
+    PYTHONPATH=. python3 benchmarks/scan_bandwidth_gpu.py --sweep --strided --json $OUT/scan_bandwidth.json
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import torch
+
+from vssm.ops import selective_scan, triton_ops
+
+DEV = "cuda"
+
+
+def time_cuda(fn, iters: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def inputs(batch: int, K: int, D: int, N: int, L: int, dtype: torch.dtype, requires_grad: bool = False):
+    g = dict(device=DEV, dtype=dtype)
+    t = dict(
+        u=torch.randn(batch, K * D, L, **g),
+        delta=torch.randn(batch, K * D, L, **g) * 0.5,
+        A=-torch.rand(K * D, N, device=DEV) - 0.5,
+        B=torch.randn(batch, K, N, L, **g),
+        C=torch.randn(batch, K, N, L, **g),
+        D=torch.randn(K * D, device=DEV),
+        delta_bias=torch.rand(K * D, device=DEV) - 1,
+    )
+    for v in t.values():
+        v.requires_grad_(requires_grad)
+    return t
+
+
+def check(report: list) -> bool:
+    """Triton vs torch backend, fp32, forward and every gradient, on shapes that are not the benchmark's."""
+    ok_all = True
+    for batch, K, D, N, L in ((2, 4, 24, 1, 1001), (3, 2, 40, 1, 257), (2, 4, 16, 16, 333)):
+        ins = inputs(batch, K, D, N, L, torch.float32, requires_grad=True)
+        dy = torch.randn(batch, K * D, L, device=DEV)
+        outs = {}
+        for backend in ("torch", "triton"):
+            y = selective_scan(**ins, delta_softplus=True, backend=backend)
+            grads = torch.autograd.grad(y, list(ins.values()), dy)
+            outs[backend] = (y, grads)
+        errs = [rel(outs["triton"][0], outs["torch"][0])]
+        errs += [rel(a, b) for a, b in zip(outs["triton"][1], outs["torch"][1])]
+        ok = max(errs) < 1e-5
+        ok_all &= ok
+        print(f"check B={batch} K={K} D={D} N={N} L={L}: max rel err {max(errs):.1e} {'OK' if ok else 'BAD'}", flush=True)
+        report.append({"check": (batch, K, D, N, L), "rel_errs": errs, "ok": ok})
+    return ok_all
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", action="store_true", help="also time neighbouring launch configs")
+    ap.add_argument("--strided", action="store_true", help="also time the 2-D-map addressing (FLAT off)")
+    ap.add_argument("--json", help="write all numbers here")
+    ap.add_argument("--iters", type=int, default=20, help="timed forward calls (the backward: a quarter)")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    report: list = []
+    check(report)
+
+    big = torch.empty(2**28, device=DEV)  # 1 GiB
+    dst = torch.empty_like(big)
+    copy_bw = 2 * big.numel() * 4 / time_cuda(lambda: dst.copy_(big)) / 1e9
+    del big, dst
+    print(f"device-to-device copy: {copy_bw:.0f} GB/s", flush=True)
+
+    batch, K, D, N, L = 128, 4, 96, 1, 3136
+    shipped = {key: dict(cfg) for key, cfg in triton_ops.FLAT_CONFIGS.items()}
+    flags = triton_ops._Scan.flags
+    rows = []
+
+    def run(dtype, label, backward, cfg=None, flat=True):
+        triton_ops.FLAT_CONFIGS.update({k: dict(v) for k, v in shipped.items()})
+        if cfg is not None:
+            triton_ops.FLAT_CONFIGS[backward] = dict(shipped[backward], **cfg)
+        triton_ops._Scan.flags = flags if flat else (lambda self: dict(flags(self), FLAT=False))
+        ins = inputs(batch, K, D, N, L, dtype)
+        if backward:
+            dy = torch.randn(batch, K * D, L, device=DEV, dtype=dtype)
+            fn = lambda: triton_ops.selective_scan_triton_bwd(  # noqa: E731
+                dy, ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], ins["D"], ins["delta_bias"], True)
+            size = dtype.itemsize
+            nbytes = 3 * ins["u"].numel() * size + 2 * ins["B"].numel() * size  # u, delta, dy read
+            nbytes += 2 * ins["u"].numel() * 4 + 2 * ins["B"].numel() * 4  # du, ddelta, dB, dC written (fp32)
+        else:
+            fn = lambda: selective_scan(**ins, delta_softplus=True, backend="triton")  # noqa: E731
+            nbytes = (3 * ins["u"].numel() + 2 * ins["B"].numel()) * dtype.itemsize
+        try:
+            secs = time_cuda(fn, iters=max(1, args.iters // 4) if backward else args.iters)
+        finally:
+            triton_ops._Scan.flags = flags
+        row = {"kernel": "backward" if backward else "forward", "dtype": str(dtype).replace("torch.", ""),
+               "variant": label, "cfg": triton_ops.FLAT_CONFIGS[backward], "ms": secs * 1e3,
+               "GB_s": nbytes / secs / 1e9, "of_copy": nbytes / secs / 1e9 / copy_bw}
+        rows.append(row)
+        print(f"{row['kernel']:8s} {row['dtype']:8s} {label:10s} {row['ms']:7.3f} ms {row['GB_s']:6.0f} GB/s "
+              f"{100 * row['of_copy']:3.0f}% of copy  {row['cfg']}", flush=True)
+        return secs
+
+    for dtype in (torch.float32, torch.bfloat16):
+        for backward in (False, True):
+            run(dtype, "shipped", backward)
+            if args.strided:
+                run(dtype, "strided", backward, flat=False)
+    if args.sweep:
+        fwd = [dict(BLOCK_L=bl, BLOCK_D=bd, num_warps=nw, NUM_STAGES=ns)
+               for bl, bd, nw, ns in itertools.product((32, 64, 128, 256), (4, 8, 16), (1, 2, 4), (2,))]
+        bwd = [dict(BLOCK_L=bl, BLOCK_D=bd, num_warps=nw, NUM_STAGES=1)
+               for bl, bd, nw in itertools.product((16, 32, 64), (4, 8, 16), (1, 2))]
+        for backward, configs in ((False, fwd), (True, bwd)):
+            for dtype in (torch.float32, torch.bfloat16):
+                for cfg in configs:
+                    run(dtype, "sweep", backward, cfg)
+    print("\n| kernel | dtype | variant | config | ms | GB/s | of copy |\n|---|---|---|---|---|---|---|")
+    for key in ("forward", "backward"):
+        for dtype in ("float32", "bfloat16"):
+            sel = [r for r in rows if r["kernel"] == key and r["dtype"] == dtype]
+            best = min(sel, key=lambda r: r["ms"])
+            for r in [r for r in sel if r["variant"] != "sweep"] + ([dict(best, variant="best")] if args.sweep else []):
+                cfg = {k: r["cfg"][k] for k in ("BLOCK_L", "BLOCK_D", "num_warps", "NUM_STAGES")}
+                print(f"| {key} | {dtype} | {r['variant']} | {cfg} | {r['ms']:.3f} | {r['GB_s']:.0f} | "
+                      f"{100 * r['of_copy']:.0f}% |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_GB_s": copy_bw, "rows": rows,
+                       "checks": report}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

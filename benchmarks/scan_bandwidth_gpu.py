@@ -7,7 +7,7 @@ first (forward and gradients, odd L), then times the shipped launch config and, 
 ``--strided`` also times the kernel with the plain geometry addressed like a 2-D map (FLAT off: the code before
 the FLAT path, same launch config), for an A/B in one process.
 
-    PYTHONPATH=. python3 benchmarks/scan_bandwidth_gpu.py --sweep --strided --json $OUT/scan_bandwidth.json
+    PYTHONPATH=. python3 benchmarks/scan_bandwidth_gpu.py --sweep all --strided --json $OUT/scan_bandwidth.json
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def check(report: list) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", action="store_true", help="also time neighbouring launch configs")
+    ap.add_argument("--sweep", choices=("forward", "backward", "all"), help="also time neighbouring launch configs")
     ap.add_argument("--strided", action="store_true", help="also time the 2-D-map addressing (FLAT off)")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--iters", type=int, default=20, help="timed forward calls (the backward: a quarter)")
@@ -100,7 +100,8 @@ def main() -> None:
     def run(dtype, label, backward, cfg=None, flat=True):
         triton_ops.FLAT_CONFIGS.update({k: dict(v) for k, v in shipped.items()})
         if cfg is not None:
-            triton_ops.FLAT_CONFIGS[backward] = dict(shipped[backward], **cfg)
+            key = backward, dtype.itemsize < 4
+            triton_ops.FLAT_CONFIGS[key] = dict(shipped[key], **cfg)
         triton_ops._Scan.flags = flags if flat else (lambda self: dict(flags(self), FLAT=False))
         ins = inputs(batch, K, D, N, L, dtype)
         if backward:
@@ -118,7 +119,7 @@ def main() -> None:
         finally:
             triton_ops._Scan.flags = flags
         row = {"kernel": "backward" if backward else "forward", "dtype": str(dtype).replace("torch.", ""),
-               "variant": label, "cfg": triton_ops.FLAT_CONFIGS[backward], "ms": secs * 1e3,
+               "variant": label, "cfg": triton_ops.FLAT_CONFIGS[backward, dtype.itemsize < 4], "ms": secs * 1e3,
                "GB_s": nbytes / secs / 1e9, "of_copy": nbytes / secs / 1e9 / copy_bw}
         rows.append(row)
         print(f"{row['kernel']:8s} {row['dtype']:8s} {label:10s} {row['ms']:7.3f} ms {row['GB_s']:6.0f} GB/s "
@@ -132,10 +133,11 @@ def main() -> None:
                 run(dtype, "strided", backward, flat=False)
     if args.sweep:
         fwd = [dict(BLOCK_L=bl, BLOCK_D=bd, num_warps=nw, NUM_STAGES=ns)
-               for bl, bd, nw, ns in itertools.product((32, 64, 128, 256), (4, 8, 16), (1, 2, 4), (2,))]
-        bwd = [dict(BLOCK_L=bl, BLOCK_D=bd, num_warps=nw, NUM_STAGES=1)
-               for bl, bd, nw in itertools.product((16, 32, 64), (4, 8, 16), (1, 2))]
-        for backward, configs in ((False, fwd), (True, bwd)):
+               for bl, bd, nw, ns in itertools.product((64, 128), (4, 8, 16), (1, 2, 4), (1, 2, 3))]
+        bwd = [dict(BLOCK_L=bl, BLOCK_D=bd, num_warps=nw, NUM_STAGES=ns)
+               for bl, bd, nw, ns in itertools.product((32, 64), (4, 8), (1, 2), (1, 2))]
+        for backward, configs in [(b, c) for b, c in ((False, fwd), (True, bwd))
+                                  if args.sweep in ("all", ("backward" if b else "forward"))]:
             for dtype in (torch.float32, torch.bfloat16):
                 for cfg in configs:
                     run(dtype, "sweep", backward, cfg)
@@ -143,6 +145,8 @@ def main() -> None:
     for key in ("forward", "backward"):
         for dtype in ("float32", "bfloat16"):
             sel = [r for r in rows if r["kernel"] == key and r["dtype"] == dtype]
+            if not sel:
+                continue
             best = min(sel, key=lambda r: r["ms"])
             for r in [r for r in sel if r["variant"] != "sweep"] + ([dict(best, variant="best")] if args.sweep else []):
                 cfg = {k: r["cfg"][k] for k in ("BLOCK_L", "BLOCK_D", "num_warps", "NUM_STAGES")}

@@ -49,11 +49,13 @@ CONFIGS = {
     (False, False): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4, CPP=1 << 30),
     (False, True): dict(BLOCK_L=32, BLOCK_D=16, NUM_STAGES=2, num_warps=4),
 }
-# the plain geometry at N=1 (tiles loaded position-contiguous: triton_scan._over_states): {backward: launch config};
-# H100, benchmarks/scan_bandwidth_gpu.py --sweep
+# the plain geometry at N=1 (tiles loaded position-contiguous: triton_scan._over_states):
+# {(backward, 16-bit input): launch config}; H100, benchmarks/scan_bandwidth_gpu.py --sweep
 FLAT_CONFIGS = {
-    False: dict(BLOCK_L=64, BLOCK_D=8, NUM_STAGES=2, num_warps=2, CPP=1 << 30),
-    True: dict(BLOCK_L=32, BLOCK_D=8, NUM_STAGES=1, num_warps=2),
+    (False, False): dict(BLOCK_L=64, BLOCK_D=16, NUM_STAGES=2, num_warps=2, CPP=1 << 30),
+    (False, True): dict(BLOCK_L=64, BLOCK_D=8, NUM_STAGES=2, num_warps=4, CPP=1 << 30),
+    (True, False): dict(BLOCK_L=64, BLOCK_D=4, NUM_STAGES=1, num_warps=1),
+    (True, True): dict(BLOCK_L=64, BLOCK_D=4, NUM_STAGES=1, num_warps=1),
 }
 # The fused SS2D forward computes the dt projection (dt_low @ W_dt^T, rank R) inside the kernel for small ranks; from
 # this rank on it runs as one batched GEMM before it (R broadcast loads and FMAs per element cost more than writing
@@ -105,7 +107,10 @@ class _Scan:
 
     def config(self, backward: bool = False) -> dict:
         """Tile sizes and launch options."""
-        cfg = dict(FLAT_CONFIGS[backward] if self.flat and self.N == 1 else CONFIGS[self.N == 1, backward])
+        if self.flat and self.N == 1:
+            cfg = dict(FLAT_CONFIGS[backward, self.u.element_size() < 4])
+        else:
+            cfg = dict(CONFIGS[self.N == 1, backward])
         cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
         cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
         cfg["EVEN_D"] = self.E % cfg["BLOCK_D"] == 0

@@ -17,6 +17,7 @@ training) next to timm's Swin-T in every round:
   output's dtype first (an fp32 bias added into a bf16 map takes a slow mixed-dtype path: 5x the GEMM's time);
 - strided: the plain scan (MSVMamba, Vim) with its positions addressed as a 2-D map's (``FLAT`` off in
   triton_scan, so the tiles are laid out for channel-contiguous maps), at the same launch configs;
+- masked: every scan kernel masks its positions (``EVEN_L`` off) even where the length is a multiple of the chunk;
 - ln_native / ln_all: LayerNorm under autograd always through PyTorch's op (the fifth session's choice) / always
   through the Triton kernels' autograd.Function, instead of the kernels from ``GRAD_KERNEL_MIN_ELEMENTS`` on.
 
@@ -62,7 +63,8 @@ def _linear_bias_add_cast(x: torch.Tensor, weight: torch.Tensor, bias=None) -> t
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
-               layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS), triton_ops._Scan.flags)
+               layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS), triton_ops._Scan.flags,
+               triton_ops._Scan.config)
     if name == "conv":
         Linear2d.forward = _conv_forward
     elif name == "dispatch":
@@ -77,6 +79,8 @@ def variant(name: str) -> Iterator[None]:
         F.linear = _linear_bias_add_cast
     elif name == "strided":
         triton_ops._Scan.flags = lambda self: dict(shipped[6](self), FLAT=False)
+    elif name == "masked":
+        triton_ops._Scan.config = lambda self, backward=False: dict(shipped[7](self, backward), EVEN_L=False)
     elif name in ("ln_native", "ln_all"):
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << 62 if name == "ln_native" else 0
     elif name != "shipped":
@@ -85,7 +89,7 @@ def variant(name: str) -> Iterator[None]:
         yield
     finally:
         (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
-         layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs, triton_ops._Scan.flags) = shipped
+         layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs, triton_ops._Scan.flags, triton_ops._Scan.config) = shipped
         triton_ops.CONFIGS.update(configs)
         F.linear = _LINEAR
 

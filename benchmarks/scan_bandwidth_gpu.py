@@ -4,17 +4,20 @@ Shape: B=128, K=4, D=96, L=3136, N=1 (``selective_scan``'s layout (B, K*D, L)). 
 read, y written, B and C read (the forward); the backward reads u, delta, B, C, dy and writes du, ddelta, dB, dC
 (its chunk-state pass re-reads u, delta, B). Checks the kernel against the torch backend on fresh random inputs
 first (forward and gradients, odd L), then times the shipped launch config and, with ``--sweep``, its neighbours;
-``--strided`` also times the kernel with the plain geometry addressed like a 2-D map (FLAT off: the code before
-the FLAT path, same launch config), for an A/B in one process.
+``--variants`` also times variants of the code for an A/B in one process (same launch configs): ``strided``, the
+positions addressed like a 2-D map's (FLAT off: the code before the FLAT path), ``masked``, every chunk masked
+(EVEN_L off); ``--fused`` adds the fused SS2D op (bf16 channels_last maps, forward and backward) at the same shape.
 
-    PYTHONPATH=. python3 benchmarks/scan_bandwidth_gpu.py --sweep all --strided --json $OUT/scan_bandwidth.json
+    PYTHONPATH=. python3 benchmarks/scan_bandwidth_gpu.py --sweep all --variants strided,masked --fused --json $OUT/scan_bandwidth.json
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import time
+from typing import Iterator
 
 import torch
 
@@ -32,6 +35,21 @@ def time_cuda(fn, iters: int = 20, warmup: int = 3) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - start) / iters
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    flags, config = triton_ops._Scan.flags, triton_ops._Scan.config
+    if name == "strided":
+        triton_ops._Scan.flags = lambda self: dict(flags(self), FLAT=False)
+    elif name == "masked":
+        triton_ops._Scan.config = lambda self, backward=False: dict(config(self, backward), EVEN_L=False)
+    elif name not in ("shipped", "sweep"):
+        raise SystemExit(f"unknown variant {name!r}")
+    try:
+        yield
+    finally:
+        triton_ops._Scan.flags, triton_ops._Scan.config = flags, config
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,7 +95,9 @@ def check(report: list) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", choices=("forward", "backward", "all"), help="also time neighbouring launch configs")
-    ap.add_argument("--strided", action="store_true", help="also time the 2-D-map addressing (FLAT off)")
+    ap.add_argument("--variants", default="", help="comma-separated variants to time next to the shipped code: "
+                    "strided (positions addressed as a 2-D map's: FLAT off), masked (every chunk masked: EVEN_L off)")
+    ap.add_argument("--fused", action="store_true", help="also time the fused SS2D op (bf16) at the same shape")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--iters", type=int, default=20, help="timed forward calls (the backward: a quarter)")
     args = ap.parse_args()
@@ -94,43 +114,59 @@ def main() -> None:
 
     batch, K, D, N, L = 128, 4, 96, 1, 3136
     shipped = {key: dict(cfg) for key, cfg in triton_ops.FLAT_CONFIGS.items()}
-    flags = triton_ops._Scan.flags
     rows = []
 
-    def run(dtype, label, backward, cfg=None, flat=True):
+    def run(dtype, label, backward, cfg=None, fused=False):
         triton_ops.FLAT_CONFIGS.update({k: dict(v) for k, v in shipped.items()})
         if cfg is not None:
             key = backward, dtype.itemsize < 4
             triton_ops.FLAT_CONFIGS[key] = dict(shipped[key], **cfg)
-        triton_ops._Scan.flags = flags if flat else (lambda self: dict(flags(self), FLAT=False))
-        ins = inputs(batch, K, D, N, L, dtype)
-        if backward:
+        size = dtype.itemsize
+        if fused:  # the SS2D op at the same stage-1 shape, channels_last bf16 maps as in the model
+            H = W = 56
+            g = dict(device=DEV, dtype=dtype)
+            u = torch.randn(batch, D, H, W, **g).contiguous(memory_format=torch.channels_last)
+            x_dbl = torch.randn(batch, K * 8, H, W, **g).contiguous(memory_format=torch.channels_last)
+            dtw, dtb = torch.randn(K, D, 6, device=DEV) * 0.3, torch.rand(K, D, device=DEV) - 2
+            A, Dv = -torch.rand(K * D, N, device=DEV) - 0.5, torch.randn(K * D, device=DEV)
+            dy = torch.randn(batch, D, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
+            if backward:
+                fn = lambda: torch.ops.vssm.cross_selective_scan_backward(  # noqa: E731
+                    dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d")
+            else:
+                fn = lambda: triton_ops.cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv)  # noqa: E731
+            nbytes = (u.numel() + x_dbl.numel()) * size + u.numel() * 4  # its minimal bytes: u, x_dbl in, y out
+        elif backward:
+            ins = inputs(batch, K, D, N, L, dtype)
             dy = torch.randn(batch, K * D, L, device=DEV, dtype=dtype)
             fn = lambda: triton_ops.selective_scan_triton_bwd(  # noqa: E731
                 dy, ins["u"], ins["delta"], ins["A"], ins["B"], ins["C"], ins["D"], ins["delta_bias"], True)
-            size = dtype.itemsize
             nbytes = 3 * ins["u"].numel() * size + 2 * ins["B"].numel() * size  # u, delta, dy read
             nbytes += 2 * ins["u"].numel() * 4 + 2 * ins["B"].numel() * 4  # du, ddelta, dB, dC written (fp32)
         else:
+            ins = inputs(batch, K, D, N, L, dtype)
             fn = lambda: selective_scan(**ins, delta_softplus=True, backend="triton")  # noqa: E731
-            nbytes = (3 * ins["u"].numel() + 2 * ins["B"].numel()) * dtype.itemsize
-        try:
+            nbytes = (3 * ins["u"].numel() + 2 * ins["B"].numel()) * size
+        with variant(label):
             secs = time_cuda(fn, iters=max(1, args.iters // 4) if backward else args.iters)
-        finally:
-            triton_ops._Scan.flags = flags
-        row = {"kernel": "backward" if backward else "forward", "dtype": str(dtype).replace("torch.", ""),
-               "variant": label, "cfg": triton_ops.FLAT_CONFIGS[backward, dtype.itemsize < 4], "ms": secs * 1e3,
+        row = {"kernel": ("fused SS2D " if fused else "") + ("backward" if backward else "forward"),
+               "dtype": str(dtype).replace("torch.", ""), "variant": label,
+               "cfg": triton_ops.FLAT_CONFIGS[backward, dtype.itemsize < 4], "ms": secs * 1e3,
                "GB_s": nbytes / secs / 1e9, "of_copy": nbytes / secs / 1e9 / copy_bw}
         rows.append(row)
         print(f"{row['kernel']:8s} {row['dtype']:8s} {label:10s} {row['ms']:7.3f} ms {row['GB_s']:6.0f} GB/s "
-              f"{100 * row['of_copy']:3.0f}% of copy  {row['cfg']}", flush=True)
+              f"{100 * row['of_copy']:3.0f}% of copy  {row['cfg'] if not fused else ''}", flush=True)
         return secs
 
+    variants = ["shipped"] + [v for v in args.variants.split(",") if v]
     for dtype in (torch.float32, torch.bfloat16):
         for backward in (False, True):
-            run(dtype, "shipped", backward)
-            if args.strided:
-                run(dtype, "strided", backward, flat=False)
+            for label in variants:
+                run(dtype, label, backward)
+    if args.fused:
+        for backward in (False, True):
+            for label in variants:
+                run(torch.bfloat16, label, backward, fused=True)
     if args.sweep:
         fwd = [dict(BLOCK_L=bl, BLOCK_D=bd, num_warps=nw, NUM_STAGES=ns)
                for bl, bd, nw, ns in itertools.product((64, 128), (4, 8, 16), (1, 2, 4), (1, 2, 3))]
@@ -142,7 +178,7 @@ def main() -> None:
                 for cfg in configs:
                     run(dtype, "sweep", backward, cfg)
     print("\n| kernel | dtype | variant | config | ms | GB/s | of copy |\n|---|---|---|---|---|---|---|")
-    for key in ("forward", "backward"):
+    for key in ("forward", "backward", "fused SS2D forward", "fused SS2D backward"):
         for dtype in ("float32", "bfloat16"):
             sel = [r for r in rows if r["kernel"] == key and r["dtype"] == dtype]
             if not sel:

@@ -42,7 +42,7 @@ def plain_inputs(batch, k, d, n, length, seed):
     return [x.to(DEV) for x in t], torch.randn(batch, ch, length, generator=g).to(DEV)
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 3, 1, 7), (1, 4, 5, 1, 70), (2, 2, 16, 1, 130), (2, 1, 3, 4, 33), (1, 2, 4, 2, 65)],
+@pytest.mark.parametrize("shape", [(2, 2, 3, 1, 7), (1, 4, 5, 1, 70), (2, 2, 16, 1, 130), (1, 2, 8, 1, 128), (2, 1, 3, 4, 33), (1, 2, 4, 2, 65)],
                          ids=lambda s: "b{}k{}d{}n{}l{}".format(*s))
 def test_plain_kernel_matches_torch_backend(shape):
     inputs, dout = plain_inputs(*shape, seed=sum(shape))
@@ -64,8 +64,9 @@ def fused(*args):
 @pytest.mark.parametrize(
     "case",
     [(2, 5, 3, 4, 1, 2, "cross2d", False), (1, 6, 9, 8, 1, 3, "cross2d", True), (1, 4, 3, 5, 2, 2, "bidi", False),
-     (1, 3, 4, 3, 1, 2, "unidi", True), (1, 16, 5, 7, 1, 3, "cross2d", True)],
-    ids=["cross2d", "cross2d_channels_last_multichunk", "bidi_n2", "unidi", "cross2d_channels_a_block_multiple"],
+     (1, 3, 4, 3, 1, 2, "unidi", True), (1, 16, 5, 7, 1, 3, "cross2d", True), (1, 5, 16, 8, 1, 2, "cross2d", True)],
+    ids=["cross2d", "cross2d_channels_last_multichunk", "bidi_n2", "unidi", "cross2d_channels_a_block_multiple",
+         "cross2d_length_a_block_multiple"],
 )
 def test_fused_ss2d_matches_composition(case):
     B, E, H, W, N, R, order, channels_last = case

@@ -114,6 +114,7 @@ class _Scan:
         cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
         cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
         cfg["EVEN_D"] = self.E % cfg["BLOCK_D"] == 0
+        cfg["EVEN_L"] = self.H * self.W % cfg["BLOCK_L"] == 0
         if backward:
             cfg.pop("CPP", None)
         return cfg

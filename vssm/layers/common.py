@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops.act_linear import act_linear, linear_bias_add
+from ..ops.act_linear import act_linear
 from ..ops.layer_norm import autocast_enabled, layer_norm_last_dim
 
 __all__ = [
@@ -54,9 +54,9 @@ class Linear2d(nn.Linear):
     """A per-pixel linear map on (B, C, H, W) maps; the weight stays 2-D (out, in) like nn.Linear's.
 
     On a channels_last map in reduced precision (autocast, or a bf16 / fp16 model) it runs as the GEMM over the
-    channels of the (B, H, W, C) view with the bias added in the GEMM's dtype
-    (:func:`~vssm.ops.act_linear.linear_bias_add`): cuDNN's 1x1 convolution adds it in an fp32 broadcast kernel
-    that took 15% of vmamba_tiny_s1l8's bf16 GPU time on an H100. fp32 keeps the
+    channels of the (B, H, W, C) view with the bias in the GEMM's epilogue: cuDNN's 1x1 convolution adds it in an
+    fp32 broadcast kernel that took 15% of vmamba_tiny_s1l8's bf16 GPU time on an H100. (A bare GEMM and a separate
+    bias add cost more host time per call: 78 vs 63 us, benchmarks/host_overhead_gpu.py.) fp32 keeps the
     convolution, which PyTorch lets cuDNN run in TF32 by default (the GEMM would run in full fp32).
     """
 
@@ -69,7 +69,7 @@ class Linear2d(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.runs_as_gemm(x):
-            return linear_bias_add(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+            return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 

@@ -15,20 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["act_linear", "linear_bias_add", "recomputable_act"]
-
-
-def linear_bias_add(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` as the bare GEMM and an in-place add of the bias in the output's dtype.
-
-    PyTorch fuses the bias into the GEMM through cuBLASLt, which costs more host time per call, and vssm's eager
-    GPU inference and training are bound by the host: H100 A/B (benchmarks/eager_ab_gpu.py, variant bias_add_cast;
-    results file gpu-2026-11-22.md, Update 6) bf16 inference 4185-6857 -> 6413-6488 img/s, fp16 training
-    1398-1523 -> 1440-1559. The bias is cast first: an fp32 bias added into a bf16 map takes a mixed-dtype path
-    that costs 5x the GEMM.
-    """
-    y = F.linear(x, weight)
-    return y if bias is None else y.add_(bias.to(y.dtype))
+__all__ = ["act_linear", "recomputable_act"]
 
 
 def recomputable_act(act: nn.Module) -> Optional[str]:
@@ -57,7 +44,7 @@ def _act_backward(name: str, grad: Tensor, h: Tensor) -> Tensor:
 class _ActLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Optional[Tensor], name: str) -> Tensor:
-        out = linear_bias_add(_act(name, h), weight, bias)  # under the caller's autocast, like the plain composition
+        out = F.linear(_act(name, h), weight, bias)  # under the caller's autocast, like the plain composition
         ctx.save_for_backward(h, weight)
         ctx.name = name
         ctx.compute_dtype = out.dtype
@@ -81,13 +68,12 @@ class _ActLinear(torch.autograd.Function):
 
 
 def act_linear(h: Tensor, act: nn.Module, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``F.linear(act(h), weight, bias)`` over the last dim of h (..., hidden) -> (..., out), the bias added as in
-    :func:`linear_bias_add`.
+    """``F.linear(act(h), weight, bias)`` over the last dim of h (..., hidden) -> (..., out).
 
     When autograd records the call and ``act`` is GELU or SiLU, the backward recomputes act(h) instead of
     keeping it; otherwise this is the plain composition.
     """
     name = recomputable_act(act)
     if name is None or not (torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)):
-        return linear_bias_add(act(h), weight, bias)
+        return F.linear(act(h), weight, bias)
     return _ActLinear.apply(h, weight, bias, name)

@@ -1,0 +1,108 @@
+"""Host time per call of the ops in a VSS block (eager, GPU): where vssm's host-bound steps spend their time.
+
+At batch 8 the GPU work of each op is a few microseconds, so the time to enqueue a call is the host's cost. Each
+row: the mean of ``--calls`` calls after a warm-up, timed without synchronising inside the loop (the GPU keeps up),
+in microseconds. Shapes: vmamba_tiny_s1l8's stage 3 (C = E = 384, 14 x 14 map, channels_last, bf16 autocast).
+
+    PYTHONPATH=. python3 benchmarks/host_overhead_gpu.py [--json $OUT/host_overhead.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from vssm.ops import layer_norm, triton_ops
+
+
+@triton.jit
+def _noop_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=offs < n), mask=offs < n)
+
+
+def host_us(fn: Callable[[], object], calls: int) -> float:
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=400)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    dev = "cuda"
+    batch, C, H, W, R = 8, 384, 14, 14, 12
+    bf16 = torch.bfloat16
+    x = torch.randn(batch, C, H, W, device=dev).to(bf16).contiguous(memory_format=torch.channels_last)
+    x32 = x.float().contiguous(memory_format=torch.channels_last)
+    rows = x.permute(0, 2, 3, 1)  # (B, H, W, C) view of the channels_last map
+    w, b = torch.randn(C, C, device=dev), torch.randn(C, device=dev)
+    w16 = w.to(bf16)
+    ln_w, ln_b = torch.ones(C, device=dev), torch.zeros(C, device=dev)
+    conv_w, conv_b = torch.randn(C, 1, 3, 3, device=dev), torch.randn(C, device=dev)
+    K = 4
+    x_dbl = torch.randn(batch, K * (R + 2), H, W, device=dev).to(bf16).contiguous(memory_format=torch.channels_last)
+    dtw, dtb = torch.randn(K, C, R, device=dev) * 0.1, torch.rand(K, C, device=dev) - 2
+    A, Ds = -torch.rand(K * C, 1, device=dev) - 0.5, torch.randn(K * C, device=dev)
+    small = torch.zeros(1024, device=dev)
+    auto = torch.autocast("cuda", dtype=bf16)
+
+    def autocast(fn):
+        def run():
+            with auto:
+                return fn()
+        return run
+
+    cases = {
+        "empty autocast region": autocast(lambda: None),
+        "x.add_(1) (aten baseline)": lambda: small.add_(1),
+        "torch.empty": lambda: torch.empty(batch, C, H, W, device=dev),
+        "torch.zeros_like (fp32 map)": lambda: torch.zeros_like(x, dtype=torch.float32),
+        "F.linear(x, w fp32) under autocast": autocast(lambda: F.linear(rows, w)),
+        "F.linear(x, w bf16) under autocast": autocast(lambda: F.linear(rows, w16)),
+        "F.linear(x, w bf16), no autocast": lambda: F.linear(rows, w16),
+        "F.linear(x, w, b) under autocast (cuBLASLt bias)": autocast(lambda: F.linear(rows, w, b)),
+        "F.linear(x, w) + bias.to(bf16) + add_ under autocast": autocast(lambda: F.linear(rows, w).add_(b.to(bf16))),
+        "bias.to(bf16)": lambda: b.to(bf16),
+        "depthwise conv2d + bias under autocast": autocast(lambda: F.conv2d(x, conv_w, conv_b, padding=1, groups=C)),
+        "F.layer_norm fp32 map": lambda: F.layer_norm(x32.permute(0, 2, 3, 1), (C,), ln_w, ln_b),
+        "Triton LayerNorm (vssm, inference)": lambda: layer_norm._ln_forward(
+            x32.permute(0, 2, 3, 1), ln_w, ln_b, 1e-5, bf16),
+        "Triton launch of a 1-block kernel": lambda: _noop_kernel[(1,)](small, 1024, BLOCK=1024),
+        "fused SS2D scan forward (vssm, direct)": lambda: triton_ops._cross_forward(
+            x, x_dbl, dtw, dtb, A, Ds, "cross2d"),
+        "fused SS2D scan forward (custom op)": lambda: triton_ops._cross_op(x, x_dbl, dtw, dtb, A, Ds, "cross2d"),
+        "-torch.exp(A_logs.float())": lambda: -torch.exp(A.float()),
+    }
+    results = {}
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    for name, fn in cases.items():
+        results[name] = host_us(fn, args.calls)
+        print(f"{results[name]:8.1f} us  {name}", flush=True)
+    for lib in ("cublas", "cublaslt"):
+        torch.backends.cuda.preferred_blas_library(lib)
+        for name in ("F.linear(x, w bf16), no autocast", "F.linear(x, w, b) under autocast (cuBLASLt bias)"):
+            key = f"{name} [preferred_blas_library={lib}]"
+            results[key] = host_us(cases[name], args.calls)
+            print(f"{results[key]:8.1f} us  {key}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "us_per_call": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

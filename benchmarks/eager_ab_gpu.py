@@ -19,7 +19,8 @@ training) next to timm's Swin-T in every round:
   triton_scan, so the tiles are laid out for channel-contiguous maps), at the same launch configs;
 - masked: every scan kernel masks its positions (``EVEN_L`` off) even where the length is a multiple of the chunk;
 - ln_native / ln_all: LayerNorm under autograd always through PyTorch's op (the fifth session's choice) / always
-  through the Triton kernels' autograd.Function, instead of the kernels from ``GRAD_KERNEL_MIN_ELEMENTS`` on.
+  through the Triton kernels' autograd.Function, instead of the kernels from ``GRAD_KERNEL_MIN_ELEMENTS`` on;
+  ln_minK: the kernels from 2^K elements on.
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -83,6 +84,8 @@ def variant(name: str) -> Iterator[None]:
         triton_ops._Scan.config = lambda self, backward=False: dict(shipped[7](self, backward), EVEN_L=False)
     elif name in ("ln_native", "ln_all"):
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << 62 if name == "ln_native" else 0
+    elif name.startswith("ln_min") and name[6:].isdigit():
+        layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << int(name[6:])
     elif name != "shipped":
         raise SystemExit(f"unknown variant {name!r}")
     try:

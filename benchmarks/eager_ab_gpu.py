@@ -20,7 +20,8 @@ training) next to timm's Swin-T in every round:
 - masked: every scan kernel masks its positions (``EVEN_L`` off) even where the length is a multiple of the chunk;
 - ln_native / ln_all: LayerNorm under autograd always through PyTorch's op (the fifth session's choice) / always
   through the Triton kernels' autograd.Function, instead of the kernels from ``GRAD_KERNEL_MIN_ELEMENTS`` on;
-  ln_minK: the kernels from 2^K elements on.
+  ln_minK: the kernels from 2^K elements on;
+- fp32_dz: the fused scan's backward keeps dL/dz and its GEMMs in fp32 (``triton_ops.HALF_DZ`` off).
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -65,7 +66,7 @@ def _linear_bias_add_cast(x: torch.Tensor, weight: torch.Tensor, bias=None) -> t
 def variant(name: str) -> Iterator[None]:
     shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
                layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS), triton_ops._Scan.flags,
-               triton_ops._Scan.config)
+               triton_ops._Scan.config, triton_ops.HALF_DZ)
     if name == "conv":
         Linear2d.forward = _conv_forward
     elif name == "dispatch":
@@ -84,6 +85,8 @@ def variant(name: str) -> Iterator[None]:
         triton_ops._Scan.config = lambda self, backward=False: dict(shipped[7](self, backward), EVEN_L=False)
     elif name in ("ln_native", "ln_all"):
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << 62 if name == "ln_native" else 0
+    elif name == "fp32_dz":
+        triton_ops.HALF_DZ = False
     elif name.startswith("ln_min") and name[6:].isdigit():
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << int(name[6:])
     elif name != "shipped":
@@ -92,7 +95,8 @@ def variant(name: str) -> Iterator[None]:
         yield
     finally:
         (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
-         layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs, triton_ops._Scan.flags, triton_ops._Scan.config) = shipped
+         layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs, triton_ops._Scan.flags, triton_ops._Scan.config,
+         triton_ops.HALF_DZ) = shipped
         triton_ops.CONFIGS.update(configs)
         F.linear = _LINEAR
 

@@ -39,8 +39,10 @@ def time_cuda(fn, iters: int = 20, warmup: int = 3) -> float:
 
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
-    flags, config = triton_ops._Scan.flags, triton_ops._Scan.config
-    if name == "strided":
+    flags, config, half_dz = triton_ops._Scan.flags, triton_ops._Scan.config, triton_ops.HALF_DZ
+    if name == "fp32_dz":
+        triton_ops.HALF_DZ = False
+    elif name == "strided":
         triton_ops._Scan.flags = lambda self: dict(flags(self), FLAT=False)
     elif name == "masked":
         triton_ops._Scan.config = lambda self, backward=False: dict(config(self, backward), EVEN_L=False)
@@ -49,7 +51,7 @@ def variant(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        triton_ops._Scan.flags, triton_ops._Scan.config = flags, config
+        triton_ops._Scan.flags, triton_ops._Scan.config, triton_ops.HALF_DZ = flags, config, half_dz
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,7 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", choices=("forward", "backward", "all"), help="also time neighbouring launch configs")
     ap.add_argument("--variants", default="", help="comma-separated variants to time next to the shipped code: "
-                    "strided (positions addressed as a 2-D map's: FLAT off), masked (every chunk masked: EVEN_L off)")
+                    "strided (positions addressed as a 2-D map's: FLAT off), masked (every chunk masked: EVEN_L off), "
+                    "fp32_dz (the fused backward's dL/dz and GEMMs in fp32)")
     ap.add_argument("--fused", action="store_true", help="also time the fused SS2D op (bf16) at the same shape")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--iters", type=int, default=20, help="timed forward calls (the backward: a quarter)")

@@ -166,6 +166,25 @@ def test_compiles_without_graph_breaks():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_fused_ss2d_half_inputs_match_fp32_composition():
+    """16-bit maps (autocast training): the backward writes dL/dz in bf16 and runs its GEMMs in bf16 (fp32
+    accumulation); forward and every gradient stay within bf16 rounding of the fp64 composition."""
+    B, E, H, W, N, R = 1, 16, 8, 8, 1, 3
+    g = torch.Generator().manual_seed(7)
+    u = torch.randn(B, E, H, W, generator=g).contiguous(memory_format=torch.channels_last)
+    params = [0.3 * torch.randn(4, R + 2 * N, E, generator=g), 0.5 * torch.randn(4, E, R, generator=g),
+              torch.rand(4, E, generator=g) - 1, 0.5 * torch.randn(4 * E, N, generator=g), torch.randn(4 * E, generator=g)]
+    dout = torch.randn(B, E, H, W, generator=g).to(DEV)
+    leaves = [t.to(DEV) for t in [u] + params]
+    ref_y, ref_g = grads(lambda *a: composition(*a, "cross2d"), [t.double() for t in leaves], dout.double())
+    half = [leaves[0].to(torch.bfloat16)] + leaves[1:]
+    with torch.autocast(torch.device(DEV).type, dtype=torch.bfloat16):  # as in the model: x_proj's GEMM in bf16
+        y, gr = grads(lambda *a: fused(*a, "cross2d"), half, dout)
+    assert rel(y, ref_y) < 2e-2
+    for name, a, b in zip(("u", "x_proj", "dt_w", "dt_b", "A_logs", "D"), gr, ref_g):
+        assert rel(a, b) < 3e-2, name
+
+
 @requires_cuda
 @pytest.mark.gpu
 def test_gpu_vmamba_tiny_and_fixtures():

@@ -62,6 +62,11 @@ FLAT_CONFIGS = {
 # and reading z; H100, benchmarks/scan_stages_gpu.py: in-kernel faster at R = 6 and 12, the GEMM at 24 and 48).
 # The backward always takes z from a GEMM and returns dL/dz to two more (fused: 1.2-2.6x slower per stage).
 DT_GEMM_MIN_RANK = 16
+# The fused backward writes dL/dz (Δ's pre-activation) in u's dtype when that is 16-bit (autocast training) and runs
+# the GEMMs for d(dt_low) and dW on it in that dtype (fp32 accumulation, like autocast's own backward GEMMs): half
+# the bytes of the largest tensor the backward writes, and tensor cores instead of fp32 GEMMs of rank R on the CUDA
+# cores. benchmarks/eager_ab_gpu.py variant fp32_dz turns it off.
+HALF_DZ = True
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
 MAX_LENGTH = 1 << 20  # triton_scan._divmod is exact below this many positions
 
@@ -349,14 +354,17 @@ def _cross_backward_op(
     sb, sc, sh, sw = d_x_dbl.stride()
     per_k = R + 2 * op.N
     sd = (sb, per_k * sc, sc, sh, sw)
-    dz = torch.empty_like(op.dl)  # (K, B*H*W, E)
+    half = HALF_DZ and u.dtype in (torch.float16, torch.bfloat16)
+    grad_dtype = u.dtype if half else torch.float32
+    dz = torch.empty(op.dl.shape, device=u.device, dtype=grad_dtype)  # (K, B*H*W, E)
     dA, dD, dbias = _backward(op, dy, _map(dy), du, _map(du), dz, op.sdl, d_x_dbl[:, R:], sd, d_x_dbl[:, R + op.N:], sd)
     with torch.autocast(u.device.type, enabled=False):
-        d_low = torch.bmm(dz, dt_weight.float())  # (K, B*H*W, R)
+        d_low = torch.bmm(dz, dt_weight.to(grad_dtype))  # (K, B*H*W, R)
         # one GEMM per (k, image), then summed: one reduction over all B*H*W rows leaves cuBLAS too few output
         # tiles (measured 30x slower at stage-1 shapes)
-        dW = torch.bmm(dz.view(K * batch, height * width, E).transpose(1, 2), low.reshape(K * batch, -1, R))
-        dW = dW.view(K, batch, E, R).sum(1)
+        dW = torch.bmm(dz.view(K * batch, height * width, E).transpose(1, 2),
+                       low.reshape(K * batch, -1, R).to(grad_dtype))
+        dW = dW.view(K, batch, E, R).sum(1, dtype=torch.float32)
     d_low = d_low.view(K, batch, height, width, R).permute(1, 0, 4, 2, 3)  # (B, K, R, H, W)
     d_x_dbl.unflatten(1, (K, per_k))[:, :, :R].copy_(d_low)
     return (du.to(u.dtype), d_x_dbl.to(x_dbl.dtype), dW.to(dt_weight.dtype), dbias.view(dt_bias.shape).to(dt_bias.dtype),

@@ -350,8 +350,8 @@ def _scan_bwd_kernel(
             d_dt = tl.where(z2 > 20.0 * LOG2E, d_dt, d_dt * tl.fdiv(e, 1.0 + e))
         d_dt = tl.where(mask_ld, d_dt, 0.0)
         acc_bias += tl.sum(d_dt, axis=0)
-        tl.store(dz_ptr + b * sdz_b + k * sdz_k + (hh * sdz_h + ww * sdz_w)[:, None] + offs_d[None, :] * sdz_d, d_dt,
-                 mask=mask_ld)
+        tl.store(dz_ptr + b * sdz_b + k * sdz_k + (hh * sdz_h + ww * sdz_w)[:, None] + offs_d[None, :] * sdz_d,
+                 d_dt.to(dz_ptr.dtype.element_ty), mask=mask_ld)
         du_ptrs = du_ptr + b * sdu_b + k * sdu_k + (hh * sdu_h + ww * sdu_w)[:, None] + offs_d[None, :] * sdu_d
         if MERGE:
             tl.atomic_add(du_ptrs, du, mask=mask_ld, sem="relaxed")

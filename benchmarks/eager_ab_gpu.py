@@ -21,7 +21,9 @@ training) next to timm's Swin-T in every round:
 - ln_native / ln_all: LayerNorm under autograd always through PyTorch's op (the fifth session's choice) / always
   through the Triton kernels' autograd.Function, instead of the kernels from ``GRAD_KERNEL_MIN_ELEMENTS`` on;
   ln_minK: the kernels from 2^K elements on;
-- fp32_dz: the fused scan's backward keeps dL/dz and its GEMMs in fp32 (``triton_ops.HALF_DZ`` off).
+- fp32_dz: the fused scan's backward keeps dL/dz and its GEMMs in fp32 (``triton_ops.HALF_DZ`` off);
+- bwd_z_gemm: the fused scan's backward reads Δ's pre-activation from a GEMM at every rank
+  (``triton_ops.BWD_DT_GEMM_MIN_RANK`` 0) instead of projecting dt_low in-kernel.
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -66,7 +68,7 @@ def _linear_bias_add_cast(x: torch.Tensor, weight: torch.Tensor, bias=None) -> t
 def variant(name: str) -> Iterator[None]:
     shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
                layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS), triton_ops._Scan.flags,
-               triton_ops._Scan.config, triton_ops.HALF_DZ)
+               triton_ops._Scan.config, triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK)
     if name == "conv":
         Linear2d.forward = _conv_forward
     elif name == "dispatch":
@@ -87,6 +89,8 @@ def variant(name: str) -> Iterator[None]:
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << 62 if name == "ln_native" else 0
     elif name == "fp32_dz":
         triton_ops.HALF_DZ = False
+    elif name == "bwd_z_gemm":
+        triton_ops.BWD_DT_GEMM_MIN_RANK = 0
     elif name.startswith("ln_min") and name[6:].isdigit():
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << int(name[6:])
     elif name != "shipped":
@@ -96,7 +100,7 @@ def variant(name: str) -> Iterator[None]:
     finally:
         (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
          layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs, triton_ops._Scan.flags, triton_ops._Scan.config,
-         triton_ops.HALF_DZ) = shipped
+         triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK) = shipped
         triton_ops.CONFIGS.update(configs)
         F.linear = _LINEAR
 

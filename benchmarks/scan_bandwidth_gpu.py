@@ -40,8 +40,11 @@ def time_cuda(fn, iters: int = 20, warmup: int = 3) -> float:
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     flags, config, half_dz = triton_ops._Scan.flags, triton_ops._Scan.config, triton_ops.HALF_DZ
+    min_rank = triton_ops.BWD_DT_GEMM_MIN_RANK
     if name == "fp32_dz":
         triton_ops.HALF_DZ = False
+    elif name == "bwd_z_gemm":
+        triton_ops.BWD_DT_GEMM_MIN_RANK = 0
     elif name == "strided":
         triton_ops._Scan.flags = lambda self: dict(flags(self), FLAT=False)
     elif name == "masked":
@@ -52,6 +55,7 @@ def variant(name: str) -> Iterator[None]:
         yield
     finally:
         triton_ops._Scan.flags, triton_ops._Scan.config, triton_ops.HALF_DZ = flags, config, half_dz
+        triton_ops.BWD_DT_GEMM_MIN_RANK = min_rank
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -99,7 +103,8 @@ def main() -> None:
     ap.add_argument("--sweep", choices=("forward", "backward", "all"), help="also time neighbouring launch configs")
     ap.add_argument("--variants", default="", help="comma-separated variants to time next to the shipped code: "
                     "strided (positions addressed as a 2-D map's: FLAT off), masked (every chunk masked: EVEN_L off), "
-                    "fp32_dz (the fused backward's dL/dz and GEMMs in fp32)")
+                    "fp32_dz (the fused backward's dL/dz and GEMMs in fp32), bwd_z_gemm (the fused backward reads "
+                    "Δ's pre-activation from a GEMM)")
     ap.add_argument("--fused", action="store_true", help="also time the fused SS2D op (bf16) at the same shape")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--iters", type=int, default=20, help="timed forward calls (the backward: a quarter)")

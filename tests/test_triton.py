@@ -223,10 +223,12 @@ def test_split_sequences_match(monkeypatch):
 @pytest.mark.parametrize("case", [(2, 5, 3, 4, 1, 2, "cross2d", False), (1, 6, 9, 8, 1, 3, "cross2d", True),
                                   (1, 4, 3, 5, 2, 2, "bidi", False)], ids=["cross2d", "channels_last", "bidi_n2"])
 def test_dt_projection_as_gemm_matches(monkeypatch, case):
-    """Ranks from DT_GEMM_MIN_RANK on: the dt projection and its gradients run as GEMMs around the kernels."""
+    """Ranks from DT_GEMM_MIN_RANK (forward) / BWD_DT_GEMM_MIN_RANK (backward) on: the dt projection runs as a
+    GEMM before the kernels, which read its result z."""
     from vssm.ops import triton_ops
 
     monkeypatch.setattr(triton_ops, "DT_GEMM_MIN_RANK", 1)
+    monkeypatch.setattr(triton_ops, "BWD_DT_GEMM_MIN_RANK", 1)
     test_fused_ss2d_matches_composition(case)
 
 

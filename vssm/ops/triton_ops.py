@@ -60,8 +60,10 @@ FLAT_CONFIGS = {
 # The fused SS2D forward computes the dt projection (dt_low @ W_dt^T, rank R) inside the kernel for small ranks; from
 # this rank on it runs as one batched GEMM before it (R broadcast loads and FMAs per element cost more than writing
 # and reading z; H100, benchmarks/scan_stages_gpu.py: in-kernel faster at R = 6 and 12, the GEMM at 24 and 48).
-# The backward always takes z from a GEMM and returns dL/dz to two more (fused: 1.2-2.6x slower per stage).
+# The backward returns dL/dz to two GEMMs (d(dt_low), dW; in-kernel reductions instead: 1.2-2.6x slower per stage)
+# and projects dt_low in-kernel like the forward below BWD_DT_GEMM_MIN_RANK (else it reads z from a GEMM).
 DT_GEMM_MIN_RANK = 16
+BWD_DT_GEMM_MIN_RANK = DT_GEMM_MIN_RANK
 # The fused backward writes dL/dz (Δ's pre-activation) in u's dtype when that is 16-bit (autocast training) and runs
 # the GEMMs for d(dt_low) and dW on it in that dtype (fp32 accumulation, like autocast's own backward GEMMs): half
 # the bytes of the largest tensor the backward writes, and tensor cores instead of fp32 GEMMs of rank R on the CUDA
@@ -185,9 +187,8 @@ def _forward(op: _Scan, y: Tensor, sy: Strides) -> None:
 
 def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, dz: Tensor, sdz: Strides,
               dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides) -> Tuple[Tensor, Tensor, Tensor]:
-    """Run the backward kernel into du / dz (dL/d of Δ's pre-activation, op.dl) / dB / dC (dB, dC and du when
-    merging are accumulated with atomic adds: zero-filled fp32); returns (dA, dD, dbias) fp32."""
-    assert not op.R, "the backward kernel reads Δ's pre-activation: run the dt projection first"
+    """Run the backward kernel into du / dz (dL/d of Δ's pre-activation) / dB / dC (dB, dC and du when merging are
+    accumulated with atomic adds: zero-filled fp32); returns (dA, dD, dbias) fp32."""
     cfg = op.config(backward=True)
     states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
     length = op.H * op.W
@@ -195,13 +196,12 @@ def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, dz:
     dA = torch.zeros((op.K * op.E, op.N), **f32)
     dD = torch.zeros((op.K * op.E,), **f32)
     dbias = torch.zeros((op.K * op.E,), **f32)
-    fill = op.A  # pointers of absent operands are never read
+    u, dl, w, bias, A, D, Bm, Cm = op.common()
     kernels._scan_bwd_kernel[op.grid(cfg["BLOCK_D"])](
-        op.u, op.dl, op.bias if op.bias is not None else fill, op.A, op.D if op.D is not None else fill, op.Bm, op.Cm,
-        dy, states, du, dz, dbias, dA, dD, dB, dC,
-        op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]),
+        u, dl, w, bias, A, D, Bm, Cm, dy, states, du, dz, dbias, dA, dD, dB, dC,
+        op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]), op.R,
         *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sdz, *sdb, *sdc,
-        **op.flags(), **cfg,
+        **op.flags(), DT_PROJ=op.R > 0, **cfg,
     )
     return dA, dD, dbias
 
@@ -346,9 +346,11 @@ def _(u, x_dbl, dt_weight, dt_bias, A, D, order):
 def _cross_backward_op(
     dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=True)
     K, E, R = dt_weight.shape
     batch, _, height, width = u.shape
+    op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=R >= BWD_DT_GEMM_MIN_RANK)
+    if low is None:  # the kernels project dt_low themselves; dW's GEMM still needs it
+        low = _dt_low(x_dbl, K, R, op.N)
     du = torch.zeros_like(u, dtype=torch.float32)
     d_x_dbl = torch.zeros_like(x_dbl, dtype=torch.float32)
     sb, sc, sh, sw = d_x_dbl.stride()
@@ -356,8 +358,10 @@ def _cross_backward_op(
     sd = (sb, per_k * sc, sc, sh, sw)
     half = HALF_DZ and u.dtype in (torch.float16, torch.bfloat16)
     grad_dtype = u.dtype if half else torch.float32
-    dz = torch.empty(op.dl.shape, device=u.device, dtype=grad_dtype)  # (K, B*H*W, E)
-    dA, dD, dbias = _backward(op, dy, _map(dy), du, _map(du), dz, op.sdl, d_x_dbl[:, R:], sd, d_x_dbl[:, R + op.N:], sd)
+    pixels = batch * height * width
+    dz = torch.empty((K, pixels, E), device=u.device, dtype=grad_dtype)
+    sdz = (height * width * E, pixels * E, 1, width * E, E)
+    dA, dD, dbias = _backward(op, dy, _map(dy), du, _map(du), dz, sdz, d_x_dbl[:, R:], sd, d_x_dbl[:, R + op.N:], sd)
     with torch.autocast(u.device.type, enabled=False):
         d_low = torch.bmm(dz, dt_weight.to(grad_dtype))  # (K, B*H*W, R)
         # one GEMM per (k, image), then summed: one reduction over all B*H*W rows leaves cuBLAS too few output

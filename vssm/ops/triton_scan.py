@@ -117,8 +117,8 @@ def _delta2(z2, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr):
 @triton.jit
 def _delta(dl_ptr, base_dl, pix_dl, s_dlc, offs_d, mask_l, mask_d, w_ptr, k, E, bias2,
            R: tl.constexpr, DT_PROJ: tl.constexpr):
-    """Pre-activation in base 2, z·log2(e) (BLOCK_L, BLOCK_D): the given delta / pre-activation, or (forward, small
-    ranks: triton_ops.DT_GEMM_MIN_RANK) dt_low (BLOCK_L, R) @ W_dt^T (R, BLOCK_D); plus the bias (bias2 is already
+    """Pre-activation in base 2, z·log2(e) (BLOCK_L, BLOCK_D): the given delta / pre-activation, or (small ranks:
+    triton_ops.DT_GEMM_MIN_RANK) dt_low (BLOCK_L, R) @ W_dt^T (R, BLOCK_D); plus the bias (bias2 is already
     scaled by log2(e)).
 
     The rank-R product is R broadcast FMAs per element: a tl.dot would pad R to 16 and move both operands through
@@ -273,9 +273,9 @@ def _run_starts_kernel(logp_ptr, send_ptr, st_ptr, E, NPROG, K: tl.constexpr, N:
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
 def _scan_bwd_kernel(
-    u_ptr, z_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, dy_ptr, st_ptr,
+    u_ptr, z_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, dy_ptr, st_ptr,
     du_ptr, dz_ptr, dbias_ptr, da_ptr, dd_ptr, db_ptr, dc_ptr,
-    E, H, W, L, NCHUNK,
+    E, H, W, L, NCHUNK, R: tl.constexpr,
     su_b, su_k, su_d, su_h, su_w,
     sz_b, sz_k, sz_d, sz_h, sz_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
@@ -285,14 +285,16 @@ def _scan_bwd_kernel(
     sdz_b, sdz_k, sdz_d, sdz_h, sdz_w,
     sdb_b, sdb_k, sdb_n, sdb_h, sdb_w,
     sdc_b, sdc_k, sdc_n, sdc_h, sdc_w,
-    K: tl.constexpr, N: tl.constexpr, ORDER: tl.constexpr, FLAT: tl.constexpr, MERGE: tl.constexpr,
+    K: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, ORDER: tl.constexpr, FLAT: tl.constexpr,
+    MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_L: tl.constexpr,
 ):
     """Gradients of one (batch x channel block, direction k) sequence, chunks in reverse order. Δ comes from its
-    pre-activation z (the dt projection's GEMM already applied); dL/dz goes out per element for the launcher's
-    GEMMs (dt_low, W_dt); dB, dC (summed over the channel block) and du (when merging) are atomic adds."""
+    pre-activation z, read as such or (DT_PROJ) projected in-kernel from dt_low as in the forward; dL/dz goes out
+    per element for the launcher's GEMMs (dt_low, W_dt); dB, dC (summed over the channel block) and du (when
+    merging) are atomic adds."""
     b, k, offs_d, mask_d, offs_n = _program(E, BLOCK_D, BLOCK_N, EVEN_D)
     mask_n = offs_n < N
     mask_nd = mask_n[:, None] & mask_d[None, :]
@@ -313,8 +315,8 @@ def _scan_bwd_kernel(
         mask_ln = mask_l[:, None] & mask_n[None, :]
         hh, ww = _pixels(pos, column_major, reverse, H, W, L, FLAT)
         u = tl.load(u_ptr + base_u + (hh * su_h + ww * su_w)[:, None] + offs_d[None, :] * su_d, mask=mask_ld, other=0.0).to(tl.float32)
-        z2 = _delta(z_ptr, b * sz_b + k * sz_k, hh * sz_h + ww * sz_w, sz_d, offs_d, mask_l, mask_d, None, k, E, bias2,
-                    0, DT_PROJ=False)
+        z2 = _delta(z_ptr, b * sz_b + k * sz_k, hh * sz_h + ww * sz_w, sz_d, offs_d, mask_l, mask_d, w_ptr, k, E,
+                    bias2, R, DT_PROJ)
         dt2, e = _delta2(z2, SOFTPLUS, FAST_MATH)
         dt = dt2 * LN2
         Bv = tl.load(b_ptr + b * sb_b + k * sb_k + (hh * sb_h + ww * sb_w)[:, None] + offs_n[None, :] * sb_n, mask=mask_ln, other=0.0).to(tl.float32)

@@ -2,7 +2,7 @@
 its chunk-state pass, for variants of the launcher side by side (the dt projection in the kernels or as GEMMs,
 backward launch configs); or run each stage once for a profiler (ncu):
 
-    PYTHONPATH=. python3 benchmarks/scan_stages_gpu.py [--stages 1,2,3,4] [--batch 128] [--variants shipped,fused,gemm]
+    PYTHONPATH=. python3 benchmarks/scan_stages_gpu.py [--stages 1,2,3,4] [--batch 128] [--variants shipped,fwd_gemm,bwd_z_gemm]
     ncu --clock-control none --kernel-name regex:_scan_ ... python3 benchmarks/scan_stages_gpu.py --once --stages 1
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from vssm.ops import triton_ops
 
 # (E, H, W, R) of vmamba_tiny_s1l8's stages at 224 px
 STAGES = {1: (96, 56, 56, 6), 2: (192, 28, 28, 12), 3: (384, 14, 14, 24), 4: (768, 7, 7, 48)}
-# launcher settings: DT_GEMM_MIN_RANK (the forward's dt projection in-kernel below it, a GEMM from it on), and
-# overrides of the backward launch config (N == 1)
+# launcher settings: DT_GEMM_MIN_RANK / BWD_DT_GEMM_MIN_RANK (the forward's / backward's dt projection in-kernel
+# below it, a GEMM from it on), and overrides of the backward launch config (N == 1)
 VARIANTS = {
     "shipped": {},
     "fwd_fused": dict(gemm=1 << 30),
@@ -24,6 +24,7 @@ VARIANTS = {
     "bwd16x2": dict(bwd=dict(num_warps=2)),
     "bwd16x1s2": dict(bwd=dict(NUM_STAGES=2)),
     "bwd16x4": dict(bwd=dict(num_warps=4)),
+    "bwd_z_gemm": dict(bwd_gemm=0),  # the backward reads z from a GEMM at every rank (before Update 7)
 }
 
 
@@ -32,6 +33,7 @@ def apply(variant: str, shipped: tuple) -> None:
     spec = VARIANTS[variant]
     triton_ops.DT_GEMM_MIN_RANK = spec.get("gemm", shipped[0])
     triton_ops.CONFIGS[True, True] = dict(shipped[1], **spec.get("bwd", {}))
+    triton_ops.BWD_DT_GEMM_MIN_RANK = spec.get("bwd_gemm", shipped[2])
 
 
 BLOCKS = {1: 2, 2: 2, 3: 8, 4: 2}  # vmamba_tiny_s1l8's depths
@@ -67,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     import triton.testing
 
-    shipped = triton_ops.DT_GEMM_MIN_RANK, dict(triton_ops.CONFIGS[True, True])
+    shipped = triton_ops.DT_GEMM_MIN_RANK, dict(triton_ops.CONFIGS[True, True]), triton_ops.BWD_DT_GEMM_MIN_RANK
     variants = args.variants.split(",")
     stages = [int(s) for s in args.stages.split(",")]
     times = {}

@@ -5,16 +5,17 @@ One forward and one backward kernel serve two geometries:
 - plain: the sequences of ``selective_scan`` (batch, K*D, L), one program per (batch, channel block, group k);
 - cross (SS2D): one feature map u (B, H, W, E) (any strides) read in each of the K=4 scan orders straight from
   memory, and the K outputs summed back onto the map (the cross-merge) with fp32 atomic adds, so no (B, 4, E, L)
-  tensor of the scan's input or output exists. The forward can compute each direction's Δ pre-activation in-kernel
-  from the low-rank projection (dt_low @ W_dt^T, small ranks); otherwise, and always in the backward, it reads the
-  pre-activation z that the launcher computed with a GEMM and the backward writes dL/dz for the launcher's GEMMs.
+  tensor of the scan's input or output exists. Both kernels can compute each direction's Δ pre-activation
+  in-kernel from the low-rank projection (dt_low @ W_dt^T, small ranks); otherwise they read the pre-activation z
+  that the launcher computed with a GEMM. The backward writes dL/dz for the launcher's GEMMs (d(dt_low), dW).
 
 Programs: one per (batch, channel block, direction); each walks its sequence chunk by chunk carrying the state, with
-the chunk loads software-pipelined (the chain of chunks is what bounds the time, not bandwidth).
+the chunk loads software-pipelined.
 
-Every position is addressed as a pixel (h, w) with per-tensor strides; the plain geometry is H = 1, W = L.
-State and accumulation are fp32. The backward recomputes the in-chunk states from the chunk-start states saved by
-the forward (B, K, E, n_chunks, N) and runs the adjoint recurrence over chunks in reverse order.
+Every position is addressed as a pixel (h, w) with per-tensor strides; the plain geometry is H = 1, W = L, and its
+positions are taken as such (FLAT: the compiler then sees them contiguous). State and accumulation are fp32. The
+backward recomputes the in-chunk states from the chunk-start states of a forward pass (B, K, E, n_chunks, N) and
+runs the adjoint recurrence over chunks in reverse order.
 """
 from __future__ import annotations
 

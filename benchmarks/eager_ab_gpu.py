@@ -66,6 +66,7 @@ def _linear_bias_add_cast(x: torch.Tensor, weight: torch.Tensor, bias=None) -> t
 
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
+    flags, config = triton_ops._Scan.flags, triton_ops._Scan.config
     shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
                layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS), triton_ops._Scan.flags,
                triton_ops._Scan.config, triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK)
@@ -82,9 +83,9 @@ def variant(name: str) -> Iterator[None]:
     elif name == "bias_add_cast":
         F.linear = _linear_bias_add_cast
     elif name == "strided":
-        triton_ops._Scan.flags = lambda self: dict(shipped[6](self), FLAT=False)
+        triton_ops._Scan.flags = lambda self: dict(flags(self), FLAT=False)
     elif name == "masked":
-        triton_ops._Scan.config = lambda self, backward=False: dict(shipped[7](self, backward), EVEN_L=False)
+        triton_ops._Scan.config = lambda self, backward=False: dict(config(self, backward), EVEN_L=False)
     elif name in ("ln_native", "ln_all"):
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << 62 if name == "ln_native" else 0
     elif name == "fp32_dz":

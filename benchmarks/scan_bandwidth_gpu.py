@@ -13,49 +13,16 @@ positions addressed like a 2-D map's (FLAT off: the code before the FLAT path), 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
-import time
-from typing import Iterator
 
 import torch
+from eager_ab_gpu import variant  # the scan variants: strided, masked, fp32_dz, bwd_z_gemm
+from gpu_check import copy_bandwidth, time_cuda
 
 from vssm.ops import selective_scan, triton_ops
 
 DEV = "cuda"
-
-
-def time_cuda(fn, iters: int = 20, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
-
-
-@contextlib.contextmanager
-def variant(name: str) -> Iterator[None]:
-    flags, config, half_dz = triton_ops._Scan.flags, triton_ops._Scan.config, triton_ops.HALF_DZ
-    min_rank = triton_ops.BWD_DT_GEMM_MIN_RANK
-    if name == "fp32_dz":
-        triton_ops.HALF_DZ = False
-    elif name == "bwd_z_gemm":
-        triton_ops.BWD_DT_GEMM_MIN_RANK = 0
-    elif name == "strided":
-        triton_ops._Scan.flags = lambda self: dict(flags(self), FLAT=False)
-    elif name == "masked":
-        triton_ops._Scan.config = lambda self, backward=False: dict(config(self, backward), EVEN_L=False)
-    elif name not in ("shipped", "sweep"):
-        raise SystemExit(f"unknown variant {name!r}")
-    try:
-        yield
-    finally:
-        triton_ops._Scan.flags, triton_ops._Scan.config, triton_ops.HALF_DZ = flags, config, half_dz
-        triton_ops.BWD_DT_GEMM_MIN_RANK = min_rank
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -101,10 +68,9 @@ def check(report: list) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", choices=("forward", "backward", "all"), help="also time neighbouring launch configs")
-    ap.add_argument("--variants", default="", help="comma-separated variants to time next to the shipped code: "
-                    "strided (positions addressed as a 2-D map's: FLAT off), masked (every chunk masked: EVEN_L off), "
-                    "fp32_dz (the fused backward's dL/dz and GEMMs in fp32), bwd_z_gemm (the fused backward reads "
-                    "Δ's pre-activation from a GEMM)")
+    ap.add_argument("--variants", default="", help="comma-separated variants of eager_ab_gpu.py to time next to "
+                    "the shipped code, e.g. strided (positions addressed as a 2-D map's: FLAT off), masked (every "
+                    "chunk masked: EVEN_L off), fp32_dz, bwd_z_gemm")
     ap.add_argument("--fused", action="store_true", help="also time the fused SS2D op (bf16) at the same shape")
     ap.add_argument("--json", help="write all numbers here")
     ap.add_argument("--iters", type=int, default=20, help="timed forward calls (the backward: a quarter)")
@@ -114,10 +80,7 @@ def main() -> None:
     report: list = []
     check(report)
 
-    big = torch.empty(2**28, device=DEV)  # 1 GiB
-    dst = torch.empty_like(big)
-    copy_bw = 2 * big.numel() * 4 / time_cuda(lambda: dst.copy_(big)) / 1e9
-    del big, dst
+    copy_bw = copy_bandwidth()
     print(f"device-to-device copy: {copy_bw:.0f} GB/s", flush=True)
 
     batch, K, D, N, L = 128, 4, 96, 1, 3136
@@ -155,7 +118,7 @@ def main() -> None:
             ins = inputs(batch, K, D, N, L, dtype)
             fn = lambda: selective_scan(**ins, delta_softplus=True, backend="triton")  # noqa: E731
             nbytes = (3 * ins["u"].numel() + 2 * ins["B"].numel()) * size
-        with variant(label):
+        with variant("shipped" if label == "sweep" else label):
             secs = time_cuda(fn, iters=max(1, args.iters // 4) if backward else args.iters)
         row = {"kernel": ("fused SS2D " if fused else "") + ("backward" if backward else "forward"),
                "dtype": str(dtype).replace("torch.", ""), "variant": label,

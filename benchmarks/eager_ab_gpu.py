@@ -23,7 +23,11 @@ training) next to timm's Swin-T in every round:
   ln_minK: the kernels from 2^K elements on;
 - fp32_dz: the fused scan's backward keeps dL/dz and its GEMMs in fp32 (``triton_ops.HALF_DZ`` off);
 - bwd_z_gemm: the fused scan's backward reads Δ's pre-activation from a GEMM at every rank
-  (``triton_ops.BWD_DT_GEMM_MIN_RANK`` 0) instead of projecting dt_low in-kernel.
+  (``triton_ops.BWD_DT_GEMM_MIN_RANK`` 0) instead of projecting dt_low in-kernel;
+- recompute_states: the fused scan's forward keeps no chunk-start states and the backward recomputes them with a
+  forward pass (``triton_ops.KEEP_STATES`` off);
+- triton_run: every Triton kernel launched through ``JITFunction.run`` (``triton_launch.ENABLED`` off) instead of
+  vssm's launch cache.
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -40,7 +44,7 @@ import torch.nn.functional as F
 import vssm
 from vssm import benchmark
 from vssm.layers.common import Linear2d, Mlp
-from vssm.ops import layer_norm, triton_ops
+from vssm.ops import layer_norm, triton_launch, triton_ops
 
 
 def _conv_forward(self: Linear2d, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +73,8 @@ def variant(name: str) -> Iterator[None]:
     flags, config = triton_ops._Scan.flags, triton_ops._Scan.config
     shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
                layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS), triton_ops._Scan.flags,
-               triton_ops._Scan.config, triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK)
+               triton_ops._Scan.config, triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK, triton_ops.KEEP_STATES,
+               triton_launch.ENABLED)
     if name == "conv":
         Linear2d.forward = _conv_forward
     elif name == "dispatch":
@@ -92,6 +97,10 @@ def variant(name: str) -> Iterator[None]:
         triton_ops.HALF_DZ = False
     elif name == "bwd_z_gemm":
         triton_ops.BWD_DT_GEMM_MIN_RANK = 0
+    elif name == "recompute_states":
+        triton_ops.KEEP_STATES = False
+    elif name == "triton_run":
+        triton_launch.ENABLED = False
     elif name.startswith("ln_min") and name[6:].isdigit():
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << int(name[6:])
     elif name != "shipped":
@@ -101,7 +110,7 @@ def variant(name: str) -> Iterator[None]:
     finally:
         (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
          layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs, triton_ops._Scan.flags, triton_ops._Scan.config,
-         triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK) = shipped
+         triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK, triton_ops.KEEP_STATES, triton_launch.ENABLED) = shipped
         triton_ops.CONFIGS.update(configs)
         F.linear = _LINEAR
 

@@ -218,7 +218,7 @@ def sweep(report):
         for cfg in configs:
             triton_ops.CONFIGS[True, is_backward] = dict(cfg)
             if is_backward:
-                ms = 1e3 * time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d"), iters=5, warmup=1)
+                ms = 1e3 * time_cuda(lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, triton_ops._no_states(u), "cross2d"), iters=5, warmup=1)
             else:
                 ms = 1e3 * time_cuda(lambda: cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv), iters=10, warmup=2)
             timed.append((ms, len(timed)))

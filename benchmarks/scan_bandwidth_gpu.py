@@ -103,7 +103,7 @@ def main() -> None:
             dy = torch.randn(batch, D, H, W, device=DEV).contiguous(memory_format=torch.channels_last)
             if backward:
                 fn = lambda: torch.ops.vssm.cross_selective_scan_backward(  # noqa: E731
-                    dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d")
+                    dy, u, x_dbl, dtw, dtb, A, Dv, triton_ops._no_states(u), "cross2d")  # with its state pass
             else:
                 fn = lambda: triton_ops.cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv)  # noqa: E731
             nbytes = (u.numel() + x_dbl.numel()) * size + u.numel() * 4  # its minimal bytes: u, x_dbl in, y out

@@ -1,6 +1,7 @@
-"""Time the fused SS2D scan op per stage of vmamba_tiny_s1l8 at batch 128 (bf16 inputs): forward, and backward with
-its chunk-state pass, for variants of the launcher side by side (the dt projection in the kernels or as GEMMs,
-backward launch configs); or run each stage once for a profiler (ncu):
+"""Time the fused SS2D scan op per stage of vmamba_tiny_s1l8 at batch 128 (bf16 inputs): the training forward (it
+keeps the chunk-start states), and the backward (with its chunk-state pass where the forward kept none), for
+variants of the launcher side by side (the dt projection in the kernels or as GEMMs, backward launch configs, kept
+or recomputed states); or run each stage once for a profiler (ncu):
 
     PYTHONPATH=. python3 benchmarks/scan_stages_gpu.py [--stages 1,2,3,4] [--batch 128] [--variants shipped,fwd_gemm,bwd_z_gemm]
     ncu --clock-control none --kernel-name regex:_scan_ ... python3 benchmarks/scan_stages_gpu.py --once --stages 1
@@ -25,6 +26,7 @@ VARIANTS = {
     "bwd16x1s2": dict(bwd=dict(NUM_STAGES=2)),
     "bwd16x4": dict(bwd=dict(num_warps=4)),
     "bwd_z_gemm": dict(bwd_gemm=0),  # the backward reads z from a GEMM at every rank (before Update 7)
+    "recompute_states": dict(keep=False),  # the backward recomputes the chunk-start states (before Update 8)
 }
 
 
@@ -34,6 +36,7 @@ def apply(variant: str, shipped: tuple) -> None:
     triton_ops.DT_GEMM_MIN_RANK = spec.get("gemm", shipped[0])
     triton_ops.CONFIGS[True, True] = dict(shipped[1], **spec.get("bwd", {}))
     triton_ops.BWD_DT_GEMM_MIN_RANK = spec.get("bwd_gemm", shipped[2])
+    triton_ops.KEEP_STATES = spec.get("keep", shipped[3])
 
 
 BLOCKS = {1: 2, 2: 2, 3: 8, 4: 2}  # vmamba_tiny_s1l8's depths
@@ -54,9 +57,18 @@ def inputs(batch: int, stage: int, K: int = 4, dev: str = "cuda"):
 
 
 def run(batch: int, stage: int):
+    """(forward, backward) of the op as autograd runs them; the backward uses the last forward's kept states."""
     u, x_dbl, dtw, dtb, A, Dv, dy = inputs(batch, stage)
-    forward = lambda: triton_ops.cross_selective_scan(u, x_dbl, dtw, dtb, A, Dv)  # noqa: E731
-    backward = lambda: torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, "cross2d")  # noqa: E731
+    kept = {}
+
+    def forward():
+        y, kept["states"] = triton_ops._cross_forward(u, x_dbl, dtw, dtb, A, Dv, "cross2d", keep_states=True)
+        return y
+
+    def backward():
+        states = kept["states"] if kept["states"] is not None else triton_ops._no_states(u)
+        return torch.ops.vssm.cross_selective_scan_backward(dy, u, x_dbl, dtw, dtb, A, Dv, states, "cross2d")
+
     return forward, backward
 
 
@@ -69,7 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     import triton.testing
 
-    shipped = triton_ops.DT_GEMM_MIN_RANK, dict(triton_ops.CONFIGS[True, True]), triton_ops.BWD_DT_GEMM_MIN_RANK
+    shipped = (triton_ops.DT_GEMM_MIN_RANK, dict(triton_ops.CONFIGS[True, True]), triton_ops.BWD_DT_GEMM_MIN_RANK,
+               triton_ops.KEEP_STATES)
     variants = args.variants.split(",")
     stages = [int(s) for s in args.stages.split(",")]
     times = {}

@@ -166,6 +166,57 @@ def test_compiles_without_graph_breaks():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_training_matches_eager():
+    """Under autograd the fused op's forward keeps the chunk-start states as a second output: its fake
+    implementation has to give their shape for torch.compile to trace forward and backward in one graph."""
+    from vssm.ops.triton_ops import cross_selective_scan
+
+    g = torch.Generator().manual_seed(3)
+    E, N, R, H, W = 6, 1, 2, 9, 7
+    leaves = [torch.randn(2, E, H, W, generator=g), torch.randn(2, 4 * (R + 2 * N), H, W, generator=g),
+              0.5 * torch.randn(4, E, R, generator=g), torch.rand(4, E, generator=g) - 1,
+              -torch.exp(0.5 * torch.randn(4 * E, N, generator=g)), torch.randn(4 * E, generator=g)]
+    leaves = [t.to(DEV) for t in leaves]
+    dout = torch.randn(2, E, H, W, generator=g).to(DEV)
+    eager = grads(cross_selective_scan, leaves, dout)
+    compiled = grads(torch.compile(cross_selective_scan, fullgraph=True, backend="aot_eager"), leaves, dout)
+    assert rel(compiled[0], eager[0]) < 1e-6
+    for a, b in zip(compiled[1], eager[1]):
+        assert rel(a, b) < 1e-6
+    # the fake implementation's outputs (states included) against the real ones, and the autograd registration
+    leaves = [t.requires_grad_(True) for t in leaves]
+    torch.library.opcheck(torch.ops.vssm.cross_selective_scan.default, (*leaves, "cross2d", True),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("order,H,W", [("cross2d", 9, 8), ("unidi", 1, 70)])
+def test_kept_states_equal_recomputed(monkeypatch, order, H, W):
+    """The chunk-start states the forward keeps for the backward equal those the backward would recompute (a
+    partial last chunk included), and the gradients through either are the same."""
+    from vssm.ops import triton_ops
+
+    g = torch.Generator().manual_seed(H * W)
+    E, N, R = 6, 1, 3
+    u = torch.randn(2, E, H, W, generator=g).to(DEV)
+    x_dbl = torch.randn(2, 4 * (R + 2 * N), H, W, generator=g).to(DEV)
+    dt_w, dt_b = 0.5 * torch.randn(4, E, R, generator=g).to(DEV), (torch.rand(4, E, generator=g) - 1).to(DEV)
+    A, D = -torch.exp(0.5 * torch.randn(4 * E, N, generator=g)).to(DEV), torch.randn(4 * E, generator=g).to(DEV)
+    args = (u, x_dbl, dt_w, dt_b, A, D)
+    y, kept = triton_ops._cross_forward(*args, order, keep_states=True)
+    op, _ = triton_ops._cross_scan_op(*args, order, dt_gemm=False)
+    recomputed, _ = triton_ops._run_starts(op, op.config(backward=True), 1)
+    assert kept is not None and kept.shape == recomputed.shape
+    torch.testing.assert_close(kept, recomputed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y, triton_ops._cross_forward(*args, order)[0], rtol=0, atol=0)
+    dy = torch.randn(u.shape, generator=g).to(DEV)
+    with_kept = triton_ops._cross_backward_op(dy, *args, kept, order)
+    monkeypatch.setattr(triton_ops, "KEEP_STATES", False)
+    assert triton_ops._cross_forward(*args, order, keep_states=True)[1] is None
+    without = triton_ops._cross_backward_op(dy, *args, triton_ops._no_states(u), order)
+    for a, b in zip(with_kept, without):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_fused_ss2d_half_inputs_match_fp32_composition():
     """16-bit maps (autocast training): the backward writes dL/dz in bf16 and runs its GEMMs in bf16 (fp32
     accumulation); forward and every gradient stay within bf16 rounding of the fp64 composition."""

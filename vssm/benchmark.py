@@ -13,7 +13,7 @@ import contextlib
 import gc
 import json
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,17 +35,15 @@ def _peak_mb(device: torch.device) -> Optional[float]:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def measure(
+def make_step(
     model: torch.nn.Module,
     mode: str,
     batch: int = 128,
     size: int = 224,
-    warmup: int = 50,
-    iters: int = 30,
     device: str = "cuda",
     num_classes: int = 1000,
-) -> Dict[str, Optional[float]]:
-    """Images per second and peak memory (MB) of one model in one mode ("fp32", "bf16", "train_fp16")."""
+) -> Tuple[Callable[[], None], ContextManager]:
+    """The protocol's step of one mode on random data, and the grad mode to run it under (sets train / eval)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     dev = torch.device(device)
@@ -68,7 +66,23 @@ def measure(
         if train:
             loss.backward()
 
-    grad = contextlib.nullcontext() if train else torch.no_grad()
+    return step, contextlib.nullcontext() if train else torch.no_grad()
+
+
+def measure(
+    model: torch.nn.Module,
+    mode: str,
+    batch: int = 128,
+    size: int = 224,
+    warmup: int = 50,
+    iters: int = 30,
+    device: str = "cuda",
+    num_classes: int = 1000,
+) -> Dict[str, Optional[float]]:
+    """Images per second and peak memory (MB) of one model in one mode ("fp32", "bf16", "train_fp16")."""
+    step, grad = make_step(model, mode, batch, size, device, num_classes)
+    dev = torch.device(device)
+    train = mode == "train_fp16"
     with grad:
         for _ in range(warmup):
             step()

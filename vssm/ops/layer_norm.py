@@ -30,6 +30,8 @@ if HAS_TRITON:
     import triton
     import triton.language as tl
 
+    from .triton_launch import launch
+
     @triton.jit(do_not_specialize=["M"])
     def _ln_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, C: tl.constexpr, eps,
                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, STATS: tl.constexpr):
@@ -89,8 +91,8 @@ def _ln_forward(x: Tensor, weight: Tensor, bias: Tensor, eps: float, out_dtype: 
     else:  # never written: no allocations on the inference path
         mean = rstd = weight
     block_m = _block_m(C)
-    _ln_fwd_kernel[(triton.cdiv(M, block_m),)](x, weight, bias, y, mean, rstd, M, C, eps, BLOCK_M=block_m,
-                                               BLOCK_C=triton.next_power_of_2(C), STATS=stats)
+    launch(_ln_fwd_kernel, (triton.cdiv(M, block_m),), x, weight, bias, y, mean, rstd, M, C, eps, BLOCK_M=block_m,
+           BLOCK_C=triton.next_power_of_2(C), STATS=stats)
     return (y, mean, rstd) if stats else (y,)
 
 
@@ -102,8 +104,8 @@ def _ln_backward(dy: Tensor, x: Tensor, weight: Tensor, mean: Tensor, rstd: Tens
     dx = torch.empty_like(x)
     dw = torch.empty((programs, C), device=x.device, dtype=torch.float32)
     db = torch.empty_like(dw)
-    _ln_bwd_kernel[(programs,)](dy, x, weight, mean, rstd, dx, dw, db, M, C,
-                                BLOCK_M=block_m, BLOCK_C=triton.next_power_of_2(C))
+    launch(_ln_bwd_kernel, (programs,), dy, x, weight, mean, rstd, dx, dw, db, M, C,
+           BLOCK_M=block_m, BLOCK_C=triton.next_power_of_2(C))
     return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
 
 

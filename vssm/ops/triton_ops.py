@@ -6,10 +6,11 @@
   the D skip and the cross-merge (:func:`cross_selective_scan`), with a fake implementation and autograd so
   ``torch.compile`` sees one opaque op.
 
-The backward re-runs the forward kernel to get the chunk-start states instead of keeping them from the forward:
-no extra activation memory, and faster than a forward that also stores them (tried: 4-8x slower forwards on the
-7x7 and 14x14 maps on an H100, benchmarks/results/gpu-2026-11-22.md). The kernels also run on CPU tensors under
-``TRITON_INTERPRET=1``, which is how CI tests them.
+The backward needs the state at the start of each of its chunks. Under autograd the fused op's forward writes them
+(at d_state 1 they are 1/4 of u's fp32 bytes: :data:`KEEP_STATES`) and the backward reads them; otherwise the
+backward recomputes them with a forward pass of the kernel (the plain geometry always does). The kernels also run
+on CPU tensors under ``TRITON_INTERPRET=1``, which is how CI tests them. Launches go through
+:func:`triton_launch.launch`, which skips Triton's per-call argument binding once a kernel is known.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ try:
     import triton
 
     from . import triton_scan as kernels
+    from .triton_launch import launch
 
     HAS_TRITON = True
 except ImportError:  # a CPU-only install without triton: the torch backend serves everything
@@ -69,6 +71,10 @@ BWD_DT_GEMM_MIN_RANK = DT_GEMM_MIN_RANK
 # the bytes of the largest tensor the backward writes, and tensor cores instead of fp32 GEMMs of rank R on the CUDA
 # cores. benchmarks/eager_ab_gpu.py variant fp32_dz turns it off.
 HALF_DZ = True
+# Under autograd the fused forward keeps the chunk-start states for the backward when d_state is 1 (the states are
+# then a quarter of u's fp32 bytes; at d_state 16 they would be twice u's and the backward recomputes them).
+# benchmarks/eager_ab_gpu.py variant recompute_states turns it off.
+KEEP_STATES = True
 Strides = Tuple[int, int, int, int, int]  # (batch, group k, channel/state, h, w)
 MAX_LENGTH = 1 << 20  # triton_scan._divmod is exact below this many positions
 
@@ -114,17 +120,7 @@ class _Scan:
 
     def config(self, backward: bool = False) -> dict:
         """Tile sizes and launch options."""
-        if self.flat and self.N == 1:
-            cfg = dict(FLAT_CONFIGS[backward, self.u.element_size() < 4])
-        else:
-            cfg = dict(CONFIGS[self.N == 1, backward])
-        cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(self.E)))
-        cfg["BLOCK_N"] = triton.next_power_of_2(self.N)
-        cfg["EVEN_D"] = self.E % cfg["BLOCK_D"] == 0
-        cfg["EVEN_L"] = self.H * self.W % cfg["BLOCK_L"] == 0
-        if backward:
-            cfg.pop("CPP", None)
-        return cfg
+        return _config(self.E, self.H * self.W, self.N, self.flat, self.u.element_size() < 4, backward)
 
     @property
     def flat(self) -> bool:
@@ -148,28 +144,56 @@ class _Scan:
                     FAST_MATH=self.u.is_cuda)
 
 
+def _config(E: int, length: int, N: int, flat: bool, half: bool, backward: bool) -> dict:
+    """Tile sizes and launch options of a scan of ``length`` positions over E channels (half: 16-bit input)."""
+    if flat and N == 1:
+        cfg = dict(FLAT_CONFIGS[backward, half])
+    else:
+        cfg = dict(CONFIGS[N == 1, backward])
+    cfg["BLOCK_D"] = min(cfg["BLOCK_D"], max(16, triton.next_power_of_2(E)))
+    cfg["BLOCK_N"] = triton.next_power_of_2(N)
+    cfg["EVEN_D"] = E % cfg["BLOCK_D"] == 0
+    cfg["EVEN_L"] = length % cfg["BLOCK_L"] == 0
+    if backward:
+        cfg.pop("CPP", None)
+    return cfg
+
+
+def _kept_states_shape(u: Tensor, K: int, N: int, order: str) -> Optional[Tuple[int, ...]]:
+    """Shape (B, K, backward chunks, N, E) of the chunk-start states the fused forward keeps for the backward, or
+    None where it does not keep them (KEEP_STATES off, d_state > 1, or chunks that do not nest)."""
+    batch, E, H, W = u.shape
+    flat, half = order == "unidi" and H == 1, u.element_size() < 4
+    if not KEEP_STATES or N != 1:
+        return None
+    every = _config(E, H * W, N, flat, half, backward=True)["BLOCK_L"]
+    if _config(E, H * W, N, flat, half, backward=False)["BLOCK_L"] % every:
+        return None
+    return batch, K, triton.cdiv(H * W, every), N, E
+
+
 def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]:
-    """Start state (batch, K, E, runs, N) of every run of ``chunks_per_run`` chunks: the runs are scanned from zero in
+    """Start state (batch, K, runs, N, E) of every run of ``chunks_per_run`` chunks: the runs are scanned from zero in
     parallel (their log-decay and end state kept), then chained by a short sequential pass."""
     length = op.H * op.W
     n_chunks = triton.cdiv(length, cfg["BLOCK_L"])
     runs = triton.cdiv(n_chunks, chunks_per_run)
-    shape = (op.batch, op.K, op.E, runs, op.N)
+    shape = (op.batch, op.K, runs, op.N, op.E)
     f32 = dict(device=op.u.device, dtype=torch.float32)
     log_decay, end, states = torch.empty(shape, **f32), torch.empty(shape, **f32), torch.empty(shape, **f32)
-    kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
-        *op.common(), op.A, op.A, log_decay, end, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
-        *op.su, *op.sdl, *op.sb, *op.sc, 0, 0, 0, 0, 0,
-        **op.flags(), DT_PROJ=op.R > 0, LOAD_STATE=False, SUMMARY=True, STORE_Y=False, **cfg,
-    )
-    kernels._run_starts_kernel[op.grid(cfg["BLOCK_D"])[:2]](
-        log_decay, end, states, op.E, runs, K=op.K, N=op.N, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"],
-    )
+    launch(kernels._scan_fwd_kernel, op.grid(cfg["BLOCK_D"], runs),
+           *op.common(), op.A, op.A, log_decay, end, op.A, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run,
+           runs, 1, *op.su, *op.sdl, *op.sb, *op.sc, 0, 0, 0, 0, 0,
+           **op.flags(), DT_PROJ=op.R > 0, LOAD_STATE=False, SUMMARY=True, STORE_Y=False, STORE_STATES=False,
+           STATE_EVERY=1, **cfg)
+    launch(kernels._run_starts_kernel, op.grid(cfg["BLOCK_D"])[:2],
+           log_decay, end, states, op.E, runs, K=op.K, N=op.N, BLOCK_D=cfg["BLOCK_D"], BLOCK_N=cfg["BLOCK_N"])
     return states, runs
 
 
-def _forward(op: _Scan, y: Tensor, sy: Strides) -> None:
-    """Run the forward kernel into y (zero-filled fp32 when merging: the directions add into it)."""
+def _forward(op: _Scan, y: Tensor, sy: Strides, kept_states: Optional[Tensor] = None) -> None:
+    """Run the forward kernel into y (zero-filled fp32 when merging: the directions add into it), and into
+    kept_states (B, K, backward chunks, N, E) the state at the start of each of the backward's chunks."""
     cfg = op.config()
     chunks_per_run = cfg.pop("CPP")
     length = op.H * op.W
@@ -178,31 +202,34 @@ def _forward(op: _Scan, y: Tensor, sy: Strides) -> None:
         states, runs = op.A, 1
     else:
         states, runs = _run_starts(op, cfg, chunks_per_run)
-    kernels._scan_fwd_kernel[op.grid(cfg["BLOCK_D"], runs)](
-        *op.common(), y, states, op.A, op.A, op.E, op.H, op.W, length, n_chunks, op.R, chunks_per_run, runs,
-        *op.su, *op.sdl, *op.sb, *op.sc, *sy,
-        **op.flags(), DT_PROJ=op.R > 0, LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, **cfg,
-    )
+    keep = kept_states is not None
+    launch(kernels._scan_fwd_kernel, op.grid(cfg["BLOCK_D"], runs),
+           *op.common(), y, states, op.A, op.A, kept_states if keep else op.A, op.E, op.H, op.W, length, n_chunks,
+           op.R, chunks_per_run, runs, kept_states.shape[2] if keep else 1, *op.su, *op.sdl, *op.sb, *op.sc, *sy,
+           **op.flags(), DT_PROJ=op.R > 0, LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, STORE_STATES=keep,
+           STATE_EVERY=op.config(backward=True)["BLOCK_L"] if keep else 1, **cfg)
 
 
 def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, dz: Tensor, sdz: Strides,
-              dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides) -> Tuple[Tensor, Tensor, Tensor]:
+              dB: Tensor, sdb: Strides, dC: Tensor, sdc: Strides,
+              states: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Run the backward kernel into du / dz (dL/d of Δ's pre-activation) / dB / dC (dB, dC and du when merging are
-    accumulated with atomic adds: zero-filled fp32); returns (dA, dD, dbias) fp32."""
+    accumulated with atomic adds: zero-filled fp32); returns (dA, dD, dbias) fp32. ``states``: the start state of
+    every chunk as the forward kept it (recomputed when None)."""
     cfg = op.config(backward=True)
-    states, _ = _run_starts(op, cfg, 1)  # the start state of every chunk
+    if states is None:
+        states, _ = _run_starts(op, cfg, 1)
     length = op.H * op.W
     f32 = dict(device=op.u.device, dtype=torch.float32)
     dA = torch.zeros((op.K * op.E, op.N), **f32)
     dD = torch.zeros((op.K * op.E,), **f32)
     dbias = torch.zeros((op.K * op.E,), **f32)
     u, dl, w, bias, A, D, Bm, Cm = op.common()
-    kernels._scan_bwd_kernel[op.grid(cfg["BLOCK_D"])](
-        u, dl, w, bias, A, D, Bm, Cm, dy, states, du, dz, dbias, dA, dD, dB, dC,
-        op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]), op.R,
-        *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sdz, *sdb, *sdc,
-        **op.flags(), DT_PROJ=op.R > 0, **cfg,
-    )
+    launch(kernels._scan_bwd_kernel, op.grid(cfg["BLOCK_D"]),
+           u, dl, w, bias, A, D, Bm, Cm, dy, states, du, dz, dbias, dA, dD, dB, dC,
+           op.E, op.H, op.W, length, triton.cdiv(length, cfg["BLOCK_L"]), op.R,
+           *op.su, *op.sdl, *op.sb, *op.sc, *sdy, *sdu, *sdz, *sdb, *sdc,
+           **op.flags(), DT_PROJ=op.R > 0, **cfg)
     return dA, dD, dbias
 
 
@@ -325,27 +352,41 @@ def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
 
 
 def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
-                   order: str) -> Tensor:
+                   order: str, keep_states: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """The merged output (B, E, H, W) fp32 and, with keep_states where the kernels keep them
+    (:func:`_kept_states_shape`), the chunk-start states for the backward."""
     op, _ = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=dt_weight.shape[2] >= DT_GEMM_MIN_RANK)
     y = torch.zeros_like(u, dtype=torch.float32)  # keeps u's memory format; the 4 directions add into it
-    _forward(op, y, _map(y))
-    return y
+    shape = _kept_states_shape(u, op.K, op.N, order) if keep_states else None
+    states = None if shape is None else torch.empty(shape, device=u.device, dtype=torch.float32)
+    _forward(op, y, _map(y), states)
+    return y, states
+
+
+def _no_states(u: Tensor) -> Tensor:
+    return u.new_empty((0,), dtype=torch.float32)
 
 
 @torch.library.custom_op("vssm::cross_selective_scan", mutates_args=())
-def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str) -> Tensor:
-    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)
+def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str,
+              keep_states: bool) -> Tuple[Tensor, Tensor]:
+    y, states = _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order, keep_states)
+    return y, _no_states(u) if states is None else states
 
 
 @_cross_op.register_fake
-def _(u, x_dbl, dt_weight, dt_bias, A, D, order):
-    return torch.empty_like(u, dtype=torch.float32)
+def _(u, x_dbl, dt_weight, dt_bias, A, D, order, keep_states):
+    shape = _kept_states_shape(u, dt_weight.shape[0], A.shape[1], order) if keep_states else None
+    states = _no_states(u) if shape is None else u.new_empty(shape, dtype=torch.float32)
+    return torch.empty_like(u, dtype=torch.float32), states
 
 
 @torch.library.custom_op("vssm::cross_selective_scan_backward", mutates_args=())
 def _cross_backward_op(
-    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, order: str
+    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, states: Tensor,
+    order: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of the fused op; ``states`` as its forward kept them (empty: recomputed here)."""
     K, E, R = dt_weight.shape
     batch, _, height, width = u.shape
     op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=R >= BWD_DT_GEMM_MIN_RANK)
@@ -361,7 +402,8 @@ def _cross_backward_op(
     pixels = batch * height * width
     dz = torch.empty((K, pixels, E), device=u.device, dtype=grad_dtype)
     sdz = (height * width * E, pixels * E, 1, width * E, E)
-    dA, dD, dbias = _backward(op, dy, _map(dy), du, _map(du), dz, sdz, d_x_dbl[:, R:], sd, d_x_dbl[:, R + op.N:], sd)
+    dA, dD, dbias = _backward(op, dy, _map(dy), du, _map(du), dz, sdz, d_x_dbl[:, R:], sd, d_x_dbl[:, R + op.N:], sd,
+                              states if states.numel() else None)
     with torch.autocast(u.device.type, enabled=False):
         d_low = torch.bmm(dz, dt_weight.to(grad_dtype))  # (K, B*H*W, R)
         # one GEMM per (k, image), then summed: one reduction over all B*H*W rows leaves cuBLAS too few output
@@ -376,18 +418,19 @@ def _cross_backward_op(
 
 
 @_cross_backward_op.register_fake
-def _(dy, u, x_dbl, dt_weight, dt_bias, A, D, order):
+def _(dy, u, x_dbl, dt_weight, dt_bias, A, D, states, order):
     return tuple(torch.empty_like(t) for t in (u, x_dbl, dt_weight, dt_bias, A, D))
 
 
 def _cross_setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs[:6])
+    ctx.save_for_backward(*inputs[:6], output[1])
+    ctx.mark_non_differentiable(output[1])
     ctx.order = inputs[6]
 
 
-def _cross_autograd_backward(ctx, dy):
+def _cross_autograd_backward(ctx, dy, _d_states):
     grads = _cross_backward_op(dy.contiguous(memory_format=_memory_format(dy)), *ctx.saved_tensors, ctx.order)
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,)
+    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
 
 
 _cross_op.register_autograd(_cross_autograd_backward, setup_context=_cross_setup_context)
@@ -411,6 +454,8 @@ def cross_selective_scan(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: T
     """
     if order not in _ORDERS:
         raise ValueError(f"cross_selective_scan: order must be one of {sorted(_ORDERS)}, got {order!r}")
-    if needs_dispatch(u, x_dbl, dt_weight, dt_bias, A, D):
-        return _cross_op(u, x_dbl, dt_weight, dt_bias, A, D, order)
-    return _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order)
+    inputs = (u, x_dbl, dt_weight, dt_bias, A, D)
+    if needs_dispatch(*inputs):
+        keep_states = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        return _cross_op(*inputs, order, keep_states)[0]
+    return _cross_forward(*inputs, order)[0]

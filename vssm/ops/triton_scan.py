@@ -14,8 +14,8 @@ the chunk loads software-pipelined.
 
 Every position is addressed as a pixel (h, w) with per-tensor strides; the plain geometry is H = 1, W = L, and its
 positions are taken as such (FLAT: the compiler then sees them contiguous). State and accumulation are fp32. The
-backward recomputes the in-chunk states from the chunk-start states of a forward pass (B, K, E, n_chunks, N) and
-runs the adjoint recurrence over chunks in reverse order.
+backward recomputes the in-chunk states from the chunk-start states (B, K, n_chunks, N, E), kept by the forward
+(STORE_STATES) or recomputed by a forward pass, and runs the adjoint recurrence over chunks in reverse order.
 """
 from __future__ import annotations
 
@@ -177,13 +177,20 @@ def _over_states(t, KEEP_LAYOUT: tl.constexpr):
         return t[:, None, :]
 
 
+@triton.jit
+def _state_offsets(b, k, c, offs_n, offs_d, K: tl.constexpr, E, N: tl.constexpr, NC):
+    """(BLOCK_N, BLOCK_D) offsets of chunk (or run) c's state in a (B, K, NC, N, E) fp32 tensor: channel-contiguous,
+    so a program's state loads and stores are coalesced."""
+    return (((b * K + k) * NC + c) * N + offs_n[:, None]) * E + offs_d[None, :]
+
+
 _SHAPE_ARGS = ["E", "H", "W", "L", "NCHUNK"]  # one compiled kernel serves every stage / image size
 
 
-@triton.jit(do_not_specialize=_SHAPE_ARGS + ["CPP", "NPROG"])
+@triton.jit(do_not_specialize=_SHAPE_ARGS + ["CPP", "NPROG", "NSTATE"])
 def _scan_fwd_kernel(
-    u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr, logp_ptr, send_ptr,
-    E, H, W, L, NCHUNK, R: tl.constexpr, CPP, NPROG,
+    u_ptr, dl_ptr, w_ptr, bias_ptr, a_ptr, d_ptr, b_ptr, c_ptr, y_ptr, st_ptr, logp_ptr, send_ptr, so_ptr,
+    E, H, W, L, NCHUNK, R: tl.constexpr, CPP, NPROG, NSTATE,
     su_b, su_k, su_d, su_h, su_w,
     sdl_b, sdl_k, sdl_c, sdl_h, sdl_w,
     sb_b, sb_k, sb_n, sb_h, sb_w,
@@ -193,6 +200,7 @@ def _scan_fwd_kernel(
     MERGE: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, FAST_MATH: tl.constexpr,
     LOAD_STATE: tl.constexpr, SUMMARY: tl.constexpr, STORE_Y: tl.constexpr,
+    STORE_STATES: tl.constexpr, STATE_EVERY: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
     EVEN_D: tl.constexpr, EVEN_L: tl.constexpr,
 ):
@@ -202,6 +210,9 @@ def _scan_fwd_kernel(
     each run's total log2-decay and end state from a zero start, `_run_starts_kernel` chains them into each run's
     start state, and a second launch (LOAD_STATE) recomputes the runs from there: the sequential chain shrinks
     from NCHUNK chunks to CPP chunks plus a cheap pass over the runs.
+
+    STORE_STATES (training): also writes the state at the start of every STATE_EVERY positions (the backward's
+    chunk; BLOCK_L is a multiple of it) into so_ptr (B, K, NSTATE, N, E), so the backward needs no forward pass.
     """
     b, k, offs_d, mask_d, offs_n = _program(E, BLOCK_D, BLOCK_N, EVEN_D)
     run = tl.program_id(2)
@@ -211,11 +222,16 @@ def _scan_fwd_kernel(
     column_major, reverse = _direction(k, ORDER)
     KEEP: tl.constexpr = FLAT and N == 1  # see _over_states
     A, bias2, Dk = _direction_params(bias_ptr, a_ptr, d_ptr, k, E, N, offs_d, mask_d, offs_n, HAS_BIAS, HAS_D)
-    run_offs = (((b * K + k) * E + offs_d[None, :]) * NPROG + run) * N + offs_n[:, None]
+    run_offs = _state_offsets(b, k, run, offs_n, offs_d, K, E, N, NPROG)
     if LOAD_STATE:
         h_carry = tl.load(st_ptr + run_offs, mask=mask_nd, other=0.0)
     else:
         h_carry = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    if STORE_STATES:
+        SUB: tl.constexpr = BLOCK_L // STATE_EVERY  # backward chunks per forward chunk
+        so_base = so_ptr + (b * K + k) * NSTATE * N * E
+        so_nd = offs_n[:, None] * E + offs_d[None, :]
+        tl.store(so_base + run * CPP * SUB * N * E + so_nd, h_carry, mask=mask_nd)
     log2_decay = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for c in tl.range(run * CPP, tl.minimum(run * CPP + CPP, NCHUNK), num_stages=NUM_STAGES):
         pos = c * BLOCK_L + offs_l
@@ -238,6 +254,11 @@ def _scan_fwd_kernel(
             log2_decay += tl.sum(dA2, axis=0)
         h = h + decay_prod * h_carry[None, :, :]
         h_carry = tl.sum(tl.where((offs_l == BLOCK_L - 1)[:, None, None], h, 0.0), axis=0)
+        if STORE_STATES:  # the state after each sub-chunk's last position starts the next sub-chunk
+            nxt = pos // STATE_EVERY + 1
+            ends = mask_l & (offs_l % STATE_EVERY == STATE_EVERY - 1) & (nxt < NSTATE)
+            tl.store(so_base + (nxt * (N * E))[:, None, None] + so_nd[None, :, :], h,
+                     mask=ends[:, None, None] & mask_nd[None, :, :])
         if STORE_Y:
             Cv = tl.load(c_ptr + b * sc_b + k * sc_k + (hh * sc_h + ww * sc_w)[:, None] + offs_n[None, :] * sc_n,
                          mask=mask_ln, other=0.0).to(tl.float32)
@@ -265,11 +286,12 @@ def _run_starts_kernel(logp_ptr, send_ptr, st_ptr, E, NPROG, K: tl.constexpr, N:
     offs_d = (pid % n_dblk) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask = (offs_n < N)[:, None] & (offs_d < E)[None, :]
-    base = ((b * K + k) * E + offs_d[None, :]) * NPROG * N + offs_n[:, None]
+    base = _state_offsets(b, k, 0, offs_n, offs_d, K, E, N, NPROG)
     h = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for p in range(NPROG):
-        tl.store(st_ptr + base + p * N, h, mask=mask)
-        h = tl.exp2(tl.load(logp_ptr + base + p * N, mask=mask, other=0.0)) * h + tl.load(send_ptr + base + p * N, mask=mask, other=0.0)
+        at = base + p * N * E
+        tl.store(st_ptr + at, h, mask=mask)
+        h = tl.exp2(tl.load(logp_ptr + at, mask=mask, other=0.0)) * h + tl.load(send_ptr + at, mask=mask, other=0.0)
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS)
@@ -327,7 +349,7 @@ def _scan_bwd_kernel(
         decay = tl.where(mask_l[:, None, None], _exp2(_over_states(dt2, KEEP) * A[None, :, :], FAST_MATH), 1.0)
         x = _over_states(dt * u, KEEP) * Bv[:, :, None]
         decay_prod, h = tl.associative_scan((decay, x), axis=0, combine_fn=_combine)
-        h0 = tl.load(st_ptr + (((b * K + k) * E + offs_d[None, :]) * NCHUNK + c) * N + offs_n[:, None], mask=mask_nd, other=0.0)
+        h0 = tl.load(st_ptr + _state_offsets(b, k, c, offs_n, offs_d, K, E, N, NCHUNK), mask=mask_nd, other=0.0)
         h = h + decay_prod * h0[None, :, :]
         # adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, g past the end 0; the chunk after contributes
         # a_{end+1} g_{end+1} (carried), weighted by prod a_{t+1..end}

@@ -7,8 +7,9 @@ training) next to timm's Swin-T in every round:
 - shipped: as released;
 - conv: Linear2d as a 1x1 convolution (cuDNN adds the bias in a separate broadcast kernel) instead of the GEMM
   with the bias fused;
-- dispatch: every no-grad call of the fused scan goes through its torch.library custom op (as under autograd)
-  instead of launching the kernel directly, and every LayerNorm through PyTorch's op instead of the kernel;
+- dispatch: every call of the fused scan goes through its torch.library custom op (under autograd with the op's
+  registered backward, as before Update 8) instead of launching the kernels directly (under autograd through an
+  autograd.Function), and every LayerNorm through PyTorch's op instead of the kernels;
 - plain_mlp: the MLP as fc2(act(fc1(x))), autograd keeping act's output too (no recompute in the backward);
 - bwd16x2: the scan backward with 2 warps per program (the fourth session's config) instead of the shipped one in
   ``triton_ops.CONFIGS`` (16 positions, 1 warp);
@@ -71,14 +72,14 @@ def _linear_bias_add_cast(x: torch.Tensor, weight: torch.Tensor, bias=None) -> t
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     flags, config = triton_ops._Scan.flags, triton_ops._Scan.config
-    shipped = (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
+    shipped = (Linear2d.forward, Mlp.forward, triton_ops.in_traced_context, layer_norm.in_traced_context,
                layer_norm.GRAD_KERNEL_MIN_ELEMENTS, dict(triton_ops.CONFIGS), triton_ops._Scan.flags,
                triton_ops._Scan.config, triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK, triton_ops.KEEP_STATES,
                triton_launch.ENABLED)
     if name == "conv":
         Linear2d.forward = _conv_forward
     elif name == "dispatch":
-        triton_ops.needs_dispatch = layer_norm.in_traced_context = lambda *tensors: True
+        triton_ops.in_traced_context = layer_norm.in_traced_context = lambda *tensors: True
     elif name == "plain_mlp":
         Mlp.forward = _plain_mlp_forward
     elif name == "bwd16x2":
@@ -108,7 +109,7 @@ def variant(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        (Linear2d.forward, Mlp.forward, triton_ops.needs_dispatch, layer_norm.in_traced_context,
+        (Linear2d.forward, Mlp.forward, triton_ops.in_traced_context, layer_norm.in_traced_context,
          layer_norm.GRAD_KERNEL_MIN_ELEMENTS, configs, triton_ops._Scan.flags, triton_ops._Scan.config,
          triton_ops.HALF_DZ, triton_ops.BWD_DT_GEMM_MIN_RANK, triton_ops.KEEP_STATES, triton_launch.ENABLED) = shipped
         triton_ops.CONFIGS.update(configs)
@@ -123,6 +124,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--batch", type=int, default=128, help="a small batch (8) measures the host's cost per step")
     args = p.parse_args()
     torch.backends.cudnn.benchmark = True
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")
@@ -132,12 +134,13 @@ def main() -> None:
         model = vssm.create_model(model_name).cuda()
         for r in range(args.rounds):
             for mode in args.modes.split(","):
-                ref = benchmark.measure(swin, mode, warmup=args.warmup, iters=args.iters)["img_s"]
+                ref = benchmark.measure(swin, mode, batch=args.batch, warmup=args.warmup, iters=args.iters)["img_s"]
                 cells = []
                 for name in names:
                     with variant(name):
-                        speed = benchmark.measure(model, mode, warmup=args.warmup, iters=args.iters)["img_s"]
-                    cells.append(f"{name} {speed:.0f} img/s ({speed / ref:.2f}x)")
+                        speed = benchmark.measure(model, mode, batch=args.batch, warmup=args.warmup,
+                                                  iters=args.iters)["img_s"]
+                    cells.append(f"{name} {speed:.0f} img/s ({speed / ref:.2f}x, {1e3 * args.batch / speed:.1f} ms)")
                 print(f"round {r} {model_name} {mode}: " + " | ".join(cells) + f" | Swin-T {ref:.0f}", flush=True)
 
 

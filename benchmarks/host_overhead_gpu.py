@@ -14,11 +14,13 @@ import json
 import time
 from typing import Callable
 
+import timm
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+import vssm
 from vssm.ops import layer_norm, triton_launch, triton_ops
 
 
@@ -62,6 +64,22 @@ def main() -> None:
     A, Ds = -torch.rand(K * C, 1, device=dev) - 0.5, torch.randn(K * C, device=dev)
     small = torch.zeros(1024, device=dev)
     auto = torch.autocast("cuda", dtype=bf16)
+    dy = torch.randn_like(x32).contiguous(memory_format=torch.channels_last)
+    scan_args = (x, x_dbl, dtw, dtb, A, Ds)
+    kept = triton_ops._cross_forward(*scan_args, "cross2d", keep_states=True)[1]
+    # training (fp16 autocast, forward + backward; gradients accumulate as in the protocol): a VSS block of
+    # vmamba_tiny_s1l8's stage 3 and its two branches, next to a Swin-T stage-3 block
+    vss = vssm.create_model("vmamba_tiny_s1l8").layers[2].blocks[0].to(dev).train()
+    swin = timm.create_model("swin_tiny_patch4_window7_224").layers[2].blocks[0].to(dev).train()
+    x_train = torch.randn(batch, C, H, W, device=dev).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_swin = torch.randn(batch, H, W, C, device=dev, requires_grad=True)
+
+    def train(fn, inp):
+        def run():
+            with torch.autocast("cuda", dtype=torch.float16):
+                y = fn(inp)
+            y.float().sum().backward()
+        return run
 
     def autocast(fn):
         def run():
@@ -104,6 +122,12 @@ def main() -> None:
         "Triton LayerNorm (vssm, inference, through JITFunction.run)": triton_run(lambda: layer_norm._ln_forward(
             x32.permute(0, 2, 3, 1), ln_w, ln_b, 1e-5, bf16)),
         "-torch.exp(A_logs.float())": lambda: -torch.exp(A.float()),
+        "fused SS2D scan backward (vssm, direct, kept states)": lambda: triton_ops._cross_backward(
+            dy, *scan_args, kept, "cross2d"),
+        "training: VSS block fwd + bwd (stage 3)": train(vss, x_train),
+        "training: its SS2D branch, norm(x) -> SS2D fwd + bwd": train(lambda t: vss.op(vss.norm(t)), x_train),
+        "training: its MLP branch, norm2(x) -> MLP fwd + bwd": train(lambda t: vss.mlp(vss.norm2(t)), x_train),
+        "training: Swin-T block fwd + bwd (stage 3)": train(swin, x_swin),
     }
     results = {}
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")

@@ -35,7 +35,6 @@ except ImportError:  # a CPU-only install without triton: the torch backend serv
 
 __all__ = [
     "HAS_TRITON",
-    "needs_dispatch",
     "triton_usable",
     "cross_selective_scan",
     "selective_scan_triton_fwd",
@@ -340,17 +339,6 @@ def in_traced_context(*tensors: Optional[Tensor]) -> bool:
     )
 
 
-def needs_dispatch(*tensors: Optional[Tensor]) -> bool:
-    """Whether a call must go through its registered custom op: when traced (:func:`in_traced_context`) or when
-    autograd records it. Other eager calls launch the kernel directly: the op's dispatch costs 20-50 us of host time
-    per call, and eager inference of the small-map stages is bound by the host. (Eager training through a plain
-    autograd.Function instead of the op's autograd measured the same speed: benchmarks/results/gpu-2026-11-22.md,
-    Update 5.)"""
-    return in_traced_context(*tensors) or (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    )
-
-
 def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
                    order: str, keep_states: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """The merged output (B, E, H, W) fp32 and, with keep_states where the kernels keep them
@@ -381,12 +369,10 @@ def _(u, x_dbl, dt_weight, dt_bias, A, D, order, keep_states):
     return torch.empty_like(u, dtype=torch.float32), states
 
 
-@torch.library.custom_op("vssm::cross_selective_scan_backward", mutates_args=())
-def _cross_backward_op(
-    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, states: Tensor,
-    order: str,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of the fused op; ``states`` as its forward kept them (empty: recomputed here)."""
+def _cross_backward(dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
+                    states: Optional[Tensor], order: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (u, x_dbl, dt_weight, dt_bias, A, D) of the fused op; ``states`` as its forward kept them (None:
+    recomputed here)."""
     K, E, R = dt_weight.shape
     batch, _, height, width = u.shape
     op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=R >= BWD_DT_GEMM_MIN_RANK)
@@ -403,7 +389,7 @@ def _cross_backward_op(
     dz = torch.empty((K, pixels, E), device=u.device, dtype=grad_dtype)
     sdz = (height * width * E, pixels * E, 1, width * E, E)
     dA, dD, dbias = _backward(op, dy, _map(dy), du, _map(du), dz, sdz, d_x_dbl[:, R:], sd, d_x_dbl[:, R + op.N:], sd,
-                              states if states.numel() else None)
+                              states)
     with torch.autocast(u.device.type, enabled=False):
         d_low = torch.bmm(dz, dt_weight.to(grad_dtype))  # (K, B*H*W, R)
         # one GEMM per (k, image), then summed: one reduction over all B*H*W rows leaves cuBLAS too few output
@@ -417,6 +403,15 @@ def _cross_backward_op(
             dA.to(A.dtype), dD.to(D.dtype))
 
 
+@torch.library.custom_op("vssm::cross_selective_scan_backward", mutates_args=())
+def _cross_backward_op(
+    dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor, states: Tensor,
+    order: str,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_cross_backward` as a custom op (traced graphs); empty ``states``: recomputed."""
+    return _cross_backward(dy, u, x_dbl, dt_weight, dt_bias, A, D, states if states.numel() else None, order)
+
+
 @_cross_backward_op.register_fake
 def _(dy, u, x_dbl, dt_weight, dt_bias, A, D, states, order):
     return tuple(torch.empty_like(t) for t in (u, x_dbl, dt_weight, dt_bias, A, D))
@@ -428,12 +423,35 @@ def _cross_setup_context(ctx, inputs, output) -> None:
     ctx.order = inputs[6]
 
 
+def _needed(grads: Tuple[Tensor, ...], needs_input_grad: Tuple[bool, ...]) -> Tuple[Optional[Tensor], ...]:
+    return tuple(g if need else None for g, need in zip(grads, needs_input_grad))
+
+
 def _cross_autograd_backward(ctx, dy, _d_states):
     grads = _cross_backward_op(dy.contiguous(memory_format=_memory_format(dy)), *ctx.saved_tensors, ctx.order)
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None, None)
+    return _needed(grads, ctx.needs_input_grad) + (None, None)
 
 
 _cross_op.register_autograd(_cross_autograd_backward, setup_context=_cross_setup_context)
+
+
+class _CrossScanFn(torch.autograd.Function):
+    """The fused op under eager autograd, without the custom op's dispatch (~0.2 ms of host per forward +
+    backward through torch.library's Python layers, which made eager training host-bound: see
+    benchmarks/results/gpu-2026-11-22.md, Update 8); traced graphs use the custom op."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
+                order: str) -> Tensor:
+        y, states = _cross_forward(u, x_dbl, dt_weight, dt_bias, A, D, order, keep_states=True)
+        ctx.save_for_backward(u, x_dbl, dt_weight, dt_bias, A, D, states)
+        ctx.order = order
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        grads = _cross_backward(dy.contiguous(memory_format=_memory_format(dy)), *ctx.saved_tensors, ctx.order)
+        return _needed(grads, ctx.needs_input_grad) + (None,)
 
 
 def _memory_format(t: Tensor) -> torch.memory_format:
@@ -454,8 +472,12 @@ def cross_selective_scan(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: T
     """
     if order not in _ORDERS:
         raise ValueError(f"cross_selective_scan: order must be one of {sorted(_ORDERS)}, got {order!r}")
+    # traced calls go through the custom op; eager ones launch the kernels directly (with gradients through an
+    # autograd.Function): the op's dispatch costs host time, and eager steps at these sizes are bound by the host
     inputs = (u, x_dbl, dt_weight, dt_bias, A, D)
-    if needs_dispatch(*inputs):
-        keep_states = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-        return _cross_op(*inputs, order, keep_states)[0]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    if in_traced_context(*inputs):
+        return _cross_op(*inputs, order, grad)[0]
+    if grad:
+        return _CrossScanFn.apply(*inputs, order)
     return _cross_forward(*inputs, order)[0]

@@ -28,7 +28,9 @@ training) next to timm's Swin-T in every round:
 - recompute_states: the fused scan's forward keeps no chunk-start states and the backward recomputes them with a
   forward pass (``triton_ops.KEEP_STATES`` off);
 - triton_run: every Triton kernel launched through ``JITFunction.run`` (``triton_launch.ENABLED`` off) instead of
-  vssm's launch cache.
+  vssm's launch cache;
+- channel_first / channel_last: the model built in that layout (``channel_first=True / False``; same weights, same
+  function) instead of the layout its norm_layer implies.
 
     PYTHONPATH=. python benchmarks/eager_ab_gpu.py --models vmamba_tiny_s1l8 --variants shipped,conv,dispatch
 """
@@ -69,6 +71,9 @@ def _linear_bias_add_cast(x: torch.Tensor, weight: torch.Tensor, bias=None) -> t
     return y if bias is None else y.add_(bias.to(y.dtype))
 
 
+LAYOUTS = {"channel_first": dict(channel_first=True), "channel_last": dict(channel_first=False)}
+
+
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     flags, config = triton_ops._Scan.flags, triton_ops._Scan.config
@@ -104,7 +109,7 @@ def variant(name: str) -> Iterator[None]:
         triton_launch.ENABLED = False
     elif name.startswith("ln_min") and name[6:].isdigit():
         layer_norm.GRAD_KERNEL_MIN_ELEMENTS = 1 << int(name[6:])
-    elif name != "shipped":
+    elif name != "shipped" and name not in LAYOUTS:
         raise SystemExit(f"unknown variant {name!r}")
     try:
         yield
@@ -131,14 +136,17 @@ def main() -> None:
     swin = timm.create_model("swin_tiny_patch4_window7_224").cuda()
     names = args.variants.split(",")
     for model_name in args.models:
-        model = vssm.create_model(model_name).cuda()
+        shipped = vssm.create_model(model_name).cuda()
+        models = {name: vssm.create_model(model_name, **LAYOUTS[name]).cuda() for name in names if name in LAYOUTS}
+        for model in models.values():
+            model.load_state_dict(shipped.state_dict())
         for r in range(args.rounds):
             for mode in args.modes.split(","):
                 ref = benchmark.measure(swin, mode, batch=args.batch, warmup=args.warmup, iters=args.iters)["img_s"]
                 cells = []
                 for name in names:
                     with variant(name):
-                        speed = benchmark.measure(model, mode, batch=args.batch, warmup=args.warmup,
+                        speed = benchmark.measure(models.get(name, shipped), mode, batch=args.batch, warmup=args.warmup,
                                                   iters=args.iters)["img_s"]
                     cells.append(f"{name} {speed:.0f} img/s ({speed / ref:.2f}x, {1e3 * args.batch / speed:.1f} ms)")
                 print(f"round {r} {model_name} {mode}: " + " | ".join(cells) + f" | Swin-T {ref:.0f}", flush=True)

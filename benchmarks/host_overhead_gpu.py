@@ -70,6 +70,7 @@ def main() -> None:
     # training (fp16 autocast, forward + backward; gradients accumulate as in the protocol): a VSS block of
     # vmamba_tiny_s1l8's stage 3 and its two branches, next to a Swin-T stage-3 block
     vss = vssm.create_model("vmamba_tiny_s1l8").layers[2].blocks[0].to(dev).train()
+    vss_last = vssm.create_model("vmamba_tiny_s1l8", channel_first=False).layers[2].blocks[0].to(dev).train()
     swin = timm.create_model("swin_tiny_patch4_window7_224").layers[2].blocks[0].to(dev).train()
     x_train = torch.randn(batch, C, H, W, device=dev).contiguous(memory_format=torch.channels_last).requires_grad_()
     x_swin = torch.randn(batch, H, W, C, device=dev, requires_grad=True)
@@ -127,6 +128,7 @@ def main() -> None:
         "training: VSS block fwd + bwd (stage 3)": train(vss, x_train),
         "training: its SS2D branch, norm(x) -> SS2D fwd + bwd": train(lambda t: vss.op(vss.norm(t)), x_train),
         "training: its MLP branch, norm2(x) -> MLP fwd + bwd": train(lambda t: vss.mlp(vss.norm2(t)), x_train),
+        "training: the VSS block in the channel-last layout (channel_first=False)": train(vss_last, x_swin),
         "training: Swin-T block fwd + bwd (stage 3)": train(swin, x_swin),
     }
     results = {}

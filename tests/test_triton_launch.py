@@ -25,14 +25,14 @@ def key(*args, **kwargs):
 def test_key_separates_what_triton_specialises_on():
     x = torch.zeros(64)
     base = key(x, 100, 96, 32, BLOCK=64, num_warps=4)
-    assert key(x, 200, 96, 48, BLOCK=64, num_warps=4) == base  # same dtype, alignment, int classes
+    assert key(torch.ones(64), 100, 96, 32, BLOCK=64, num_warps=4) == base  # another tensor, same dtype / alignment
+    assert key(x[4:], 100, 96, 32, BLOCK=64, num_warps=4) == base  # 4 floats in: 16-byte aligned again
     assert key(x.double(), 100, 96, 32, BLOCK=64, num_warps=4) != base  # dtype
     assert key(x[1:], 100, 96, 32, BLOCK=64, num_warps=4) != base  # 16-byte alignment of the pointer
-    assert key(x[4:], 100, 96, 32, BLOCK=64, num_warps=4) == base  # 4 floats: aligned again
     assert key(x, 1, 96, 32, BLOCK=64, num_warps=4) != base  # an int equal to 1
     assert key(x, 100, 96, 33, BLOCK=64, num_warps=4) != base  # divisibility by 16
     assert key(x, 1 << 40, 96, 32, BLOCK=64, num_warps=4) != base  # 64-bit ints
-    assert key(x, 100, 192, 32, BLOCK=64, num_warps=4) != base  # a positional constexpr counts by value
+    assert key(x, 100, 192, 32, BLOCK=64, num_warps=4) != base  # a positional constexpr
     assert key(x, 100, 96, 32, BLOCK=32, num_warps=4) != base  # constexpr keyword
     assert key(x, 100, 96, 32, BLOCK=64, num_warps=8) != base  # launch option
 

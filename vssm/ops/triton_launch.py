@@ -1,10 +1,9 @@
 """Launch Triton kernels with less host time than ``kernel[grid](...)``.
 
 ``JITFunction.run`` binds and specialises every argument on every call (the scan kernels take ~70), builds a cache
-key from them and then launches the compiled kernel: ~75 us of host per scan launch on an H100 host, where eager
-training launches ~60 of them per step. :func:`launch` keeps the compiled kernel under a cheaper key of its own,
-which holds everything Triton specialises on (each tensor's dtype and 16-byte alignment, each integer's equality to
-1, divisibility by 16 and 32-bit range, the constexpr and option values), and calls the kernel's launcher directly.
+key from them and then launches the compiled kernel. :func:`launch` keeps the compiled kernel under a cheaper key of
+its own, which determines everything Triton specialises on (each tensor's dtype and 16-byte alignment, every other
+argument's value, the constexpr and option values), and calls the kernel's launcher directly.
 The first call of every key, and every call while Triton launch or pre-run hooks are set (profilers such as
 proton) or under the interpreter, goes through Triton's own path.
 """
@@ -20,32 +19,17 @@ from triton.runtime.jit import JITFunction
 __all__ = ["launch", "ENABLED"]
 
 ENABLED = True  # benchmarks/eager_ab_gpu.py variant triton_run turns it off
-_INT32 = (-(1 << 31), (1 << 31) - 1)
+MAX_ENTRIES = 4096  # the cache is cleared beyond this many keys (every distinct shape adds some)
 _KERNELS: Dict[tuple, Tuple[Any, Tuple[str, ...]]] = {}
-_KEYERS: Dict[JITFunction, tuple] = {}
 _current_stream = None
 
 
-def _arg_key(arg: Any) -> Any:
-    """What Triton's specialisation can depend on, for one non-constexpr argument."""
-    if isinstance(arg, Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, int):  # bool included
-        return arg == 1, arg % 16 == 0, _INT32[0] <= arg <= _INT32[1]
-    return type(arg)
-
-
-def _same(arg: Any) -> Any:
-    return arg
-
-
 def launch_key(fn: JITFunction, args: Sequence[Any], kwargs: Dict[str, Any]) -> tuple:
-    """The cache key of one launch: equal keys launch the same compiled kernel. Positional constexprs count by
-    value."""
-    keyers = _KEYERS.get(fn)
-    if keyers is None:
-        keyers = _KEYERS[fn] = tuple(_same if p.is_constexpr else _arg_key for p in fn.params)
-    return fn, tuple(keyer(arg) for keyer, arg in zip(keyers, args)), tuple(kwargs.items())
+    """The cache key of one launch: equal keys launch the same compiled kernel. Tensors count by dtype and 16-byte
+    alignment, everything else by value (finer than Triton's own specialisation, which is harmless: a new key
+    goes through Triton's path once)."""
+    return (fn, tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, Tensor) else a for a in args),
+            tuple(kwargs.items()))
 
 
 def _hooks_idle() -> bool:
@@ -70,6 +54,8 @@ def launch(fn: JITFunction, grid: Tuple[int, ...], *args: Any, **kwargs: Any) ->
     if entry is None:
         kernel = fn[grid](*args, **kwargs)  # compiles or finds the kernel, and launches it
         if kernel is not None and kernel.run is not None and kernel.function is not None:
+            if len(_KERNELS) >= MAX_ENTRIES:
+                _KERNELS.clear()
             _KERNELS[key] = kernel, tuple(p.name for p in fn.params[len(args):])
         return
     kernel, rest = entry

@@ -216,9 +216,9 @@ def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, dz:
     accumulated with atomic adds: zero-filled fp32); returns (dA, dD, dbias) fp32. ``states``: the start state of
     every chunk as the forward kept it (recomputed when None)."""
     cfg = op.config(backward=True)
-    if states is None:
-        states, _ = _run_starts(op, cfg, 1)
     length = op.H * op.W
+    if states is None or states.shape[2] != triton.cdiv(length, cfg["BLOCK_L"]):  # none kept, or other chunks
+        states, _ = _run_starts(op, cfg, 1)
     f32 = dict(device=op.u.device, dtype=torch.float32)
     dA = torch.zeros((op.K * op.E, op.N), **f32)
     dD = torch.zeros((op.K * op.E,), **f32)

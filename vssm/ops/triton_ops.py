@@ -297,11 +297,11 @@ def _map(t: Tensor) -> Strides:
     return sb, 0, sc, sh, sw
 
 
-def _dt_low(x_dbl: Tensor, K: int, R: int, N: int) -> Tensor:
-    """Direction k's dt_low rows of x_dbl (B, K*(R+2N), H, W) as (K, B*H*W, R) fp32."""
+def _dt_low(x_dbl: Tensor, K: int, R: int, N: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Direction k's dt_low rows of x_dbl (B, K*(R+2N), H, W) as (K, B*H*W, R) in dtype."""
     batch, _, height, width = x_dbl.shape
     low = x_dbl.unflatten(1, (K, R + 2 * N))[:, :, :R]
-    return low.permute(1, 0, 3, 4, 2).reshape(K, batch * height * width, R).float()
+    return low.permute(1, 0, 3, 4, 2).reshape(K, batch * height * width, R).to(dtype)
 
 
 def _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order: str, dt_gemm: bool) -> Tuple[_Scan, Optional[Tensor]]:
@@ -376,15 +376,15 @@ def _cross_backward(dy: Tensor, u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_
     K, E, R = dt_weight.shape
     batch, _, height, width = u.shape
     op, low = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=R >= BWD_DT_GEMM_MIN_RANK)
-    if low is None:  # the kernels project dt_low themselves; dW's GEMM still needs it
-        low = _dt_low(x_dbl, K, R, op.N)
+    half = HALF_DZ and u.dtype in (torch.float16, torch.bfloat16)
+    grad_dtype = u.dtype if half else torch.float32
+    if low is None:  # the kernels project dt_low themselves; dW's GEMM still needs it, in its own dtype
+        low = _dt_low(x_dbl, K, R, op.N, grad_dtype)
     du = torch.zeros_like(u, dtype=torch.float32)
     d_x_dbl = torch.zeros_like(x_dbl, dtype=torch.float32)
     sb, sc, sh, sw = d_x_dbl.stride()
     per_k = R + 2 * op.N
     sd = (sb, per_k * sc, sc, sh, sw)
-    half = HALF_DZ and u.dtype in (torch.float16, torch.bfloat16)
-    grad_dtype = u.dtype if half else torch.float32
     pixels = batch * height * width
     dz = torch.empty((K, pixels, E), device=u.device, dtype=grad_dtype)
     sdz = (height * width * E, pixels * E, 1, width * E, E)

@@ -5,7 +5,8 @@ key from them and then launches the compiled kernel. :func:`launch` keeps the co
 its own, which determines everything Triton specialises on (each tensor's dtype and 16-byte alignment, every other
 argument's value, the constexpr and option values), and calls the kernel's launcher directly.
 The first call of every key, and every call while Triton launch or pre-run hooks are set (profilers such as
-proton) or under the interpreter, goes through Triton's own path.
+proton) or under the interpreter, goes through Triton's own path; so does everything after a launcher that refuses
+the call (a Triton whose launcher takes other arguments than 3.6-3.8's).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ ENABLED = True  # benchmarks/eager_ab_gpu.py variant triton_run turns it off
 MAX_ENTRIES = 4096  # the cache is cleared beyond this many keys (every distinct shape adds some)
 _KERNELS: Dict[tuple, Tuple[Any, Tuple[str, ...]]] = {}
 _current_stream = None
+_supported = True
 
 
 def launch_key(fn: JITFunction, args: Sequence[Any], kwargs: Dict[str, Any]) -> tuple:
@@ -44,8 +46,9 @@ def launch(fn: JITFunction, grid: Tuple[int, ...], *args: Any, **kwargs: Any) ->
     """``fn[grid](*args, **kwargs)``, with the compiled kernel looked up in vssm's own cache. ``args`` are the
     kernel's leading parameters in order; ``kwargs`` the remaining parameters by name and launch options
     (num_warps, num_stages)."""
-    global _current_stream
-    if not (ENABLED and isinstance(fn, JITFunction) and args[0].is_cuda and not fn.pre_run_hooks and _hooks_idle()):
+    global _current_stream, _supported
+    if not (ENABLED and _supported and isinstance(fn, JITFunction) and args[0].is_cuda
+            and not getattr(fn, "pre_run_hooks", None) and _hooks_idle()):
         fn[grid](*args, **kwargs)
         return
     device = torch.cuda.current_device()
@@ -65,5 +68,9 @@ def launch(fn: JITFunction, grid: Tuple[int, ...], *args: Any, **kwargs: Any) ->
         _current_stream = driver.active.get_current_stream
     grid = tuple(grid) + (1,) * (3 - len(grid))
     # the launcher takes every parameter in signature order (it skips the constexprs), as JITFunction.run passes them
-    kernel.run(grid[0], grid[1], grid[2], _current_stream(device), kernel.function, kernel.packed_metadata, None,
-               None, None, *args, *(kwargs[name] for name in rest))
+    try:
+        kernel.run(grid[0], grid[1], grid[2], _current_stream(device), kernel.function, kernel.packed_metadata, None,
+                   None, None, *args, *(kwargs[name] for name in rest))
+    except TypeError:  # its arguments are parsed before anything is launched
+        _supported = False
+        fn[grid](*args, **kwargs)

@@ -53,6 +53,17 @@ def test_plain_kernel_matches_torch_backend(shape):
         assert rel(a, b) < 1e-5, name
 
 
+def cross_op_inputs(E, H, W, R, seed, N=1):
+    """Fresh random operands (u, x_dbl, dt_weight, dt_bias, A, D) of the fused op at batch 2, and an output grad."""
+    g = torch.Generator().manual_seed(seed)
+    t = [torch.randn(2, E, H, W, generator=g), torch.randn(2, 4 * (R + 2 * N), H, W, generator=g),
+         0.5 * torch.randn(4, E, R, generator=g), torch.rand(4, E, generator=g) - 1,
+         -torch.exp(0.5 * torch.randn(4 * E, N, generator=g)), torch.randn(4 * E, generator=g),
+         torch.randn(2, E, H, W, generator=g)]
+    t = [x.to(DEV) for x in t]
+    return t[:6], t[6]
+
+
 def composition(*args):
     return ss2d_scan(*args[:6], order=args[6], backend="torch")
 
@@ -171,13 +182,7 @@ def test_compiled_training_matches_eager():
     implementation has to give their shape for torch.compile to trace forward and backward in one graph."""
     from vssm.ops.triton_ops import cross_selective_scan
 
-    g = torch.Generator().manual_seed(3)
-    E, N, R, H, W = 6, 1, 2, 9, 7
-    leaves = [torch.randn(2, E, H, W, generator=g), torch.randn(2, 4 * (R + 2 * N), H, W, generator=g),
-              0.5 * torch.randn(4, E, R, generator=g), torch.rand(4, E, generator=g) - 1,
-              -torch.exp(0.5 * torch.randn(4 * E, N, generator=g)), torch.randn(4 * E, generator=g)]
-    leaves = [t.to(DEV) for t in leaves]
-    dout = torch.randn(2, E, H, W, generator=g).to(DEV)
+    leaves, dout = cross_op_inputs(E=6, H=9, W=7, R=2, seed=3)
     eager = grads(cross_selective_scan, leaves, dout)
     compiled = grads(torch.compile(cross_selective_scan, fullgraph=True, backend="aot_eager"), leaves, dout)
     assert rel(compiled[0], eager[0]) < 1e-6
@@ -195,20 +200,14 @@ def test_kept_states_equal_recomputed(monkeypatch, order, H, W):
     partial last chunk included), and the gradients through either are the same."""
     from vssm.ops import triton_ops
 
-    g = torch.Generator().manual_seed(H * W)
-    E, N, R = 6, 1, 3
-    u = torch.randn(2, E, H, W, generator=g).to(DEV)
-    x_dbl = torch.randn(2, 4 * (R + 2 * N), H, W, generator=g).to(DEV)
-    dt_w, dt_b = 0.5 * torch.randn(4, E, R, generator=g).to(DEV), (torch.rand(4, E, generator=g) - 1).to(DEV)
-    A, D = -torch.exp(0.5 * torch.randn(4 * E, N, generator=g)).to(DEV), torch.randn(4 * E, generator=g).to(DEV)
-    args = (u, x_dbl, dt_w, dt_b, A, D)
+    args, dy = cross_op_inputs(E=6, H=H, W=W, R=3, seed=H * W)
+    u = args[0]
     y, kept = triton_ops._cross_forward(*args, order, keep_states=True)
     op, _ = triton_ops._cross_scan_op(*args, order, dt_gemm=False)
     recomputed, _ = triton_ops._run_starts(op, op.config(backward=True), 1)
     assert kept is not None and kept.shape == recomputed.shape
     torch.testing.assert_close(kept, recomputed, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(y, triton_ops._cross_forward(*args, order)[0], rtol=1e-6, atol=1e-6)  # atomics order
-    dy = torch.randn(u.shape, generator=g).to(DEV)
     with_kept = triton_ops._cross_backward_op(dy, *args, kept, order)
     monkeypatch.setattr(triton_ops, "KEEP_STATES", False)
     assert triton_ops._cross_forward(*args, order, keep_states=True)[1] is None
@@ -328,13 +327,7 @@ def test_eager_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch):
 
     from vssm.ops import triton_ops
 
-    g = torch.Generator().manual_seed(3)
-    E, H, W, R = 5, 4, 6, 2
-    u = torch.randn(2, E, H, W, generator=g).to(DEV)
-    x_dbl = torch.randn(2, 4 * (R + 2), H, W, generator=g).to(DEV)
-    args = [u, x_dbl, 0.5 * torch.randn(4, E, R, generator=g).to(DEV), (torch.rand(4, E, generator=g) - 1).to(DEV),
-            -torch.rand(4 * E, 1, generator=g).to(DEV) - 0.5, torch.randn(4 * E, generator=g).to(DEV)]
-    dout = torch.randn(2, E, H, W, generator=g).to(DEV)
+    args, dout = cross_op_inputs(E=5, H=4, W=6, R=2, seed=3)
     dispatched = []
     real_op = triton_ops._cross_op
     monkeypatch.setattr(triton_ops, "_cross_op", lambda *a: dispatched.append(1) or real_op(*a))

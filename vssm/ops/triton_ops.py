@@ -158,9 +158,10 @@ def _config(E: int, length: int, N: int, flat: bool, half: bool, backward: bool)
     return cfg
 
 
-def _kept_states_shape(u: Tensor, K: int, N: int, order: str) -> Optional[Tuple[int, ...]]:
-    """Shape (B, K, backward chunks, N, E) of the chunk-start states the fused forward keeps for the backward, or
-    None where it does not keep them (KEEP_STATES off, d_state > 1, or chunks that do not nest)."""
+def _kept_states(u: Tensor, K: int, N: int, order: str) -> Optional[Tuple[Tuple[int, ...], int]]:
+    """(shape (B, K, backward chunks, N, E), positions per backward chunk) of the chunk-start states the fused
+    forward keeps for the backward, or None where it keeps none (KEEP_STATES off, d_state > 1, or chunks that do not
+    nest)."""
     batch, E, H, W = u.shape
     flat, half = order == "unidi" and H == 1, u.element_size() < 4
     if not KEEP_STATES or N != 1:
@@ -168,7 +169,7 @@ def _kept_states_shape(u: Tensor, K: int, N: int, order: str) -> Optional[Tuple[
     every = _config(E, H * W, N, flat, half, backward=True)["BLOCK_L"]
     if _config(E, H * W, N, flat, half, backward=False)["BLOCK_L"] % every:
         return None
-    return batch, K, triton.cdiv(H * W, every), N, E
+    return (batch, K, triton.cdiv(H * W, every), N, E), every
 
 
 def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]:
@@ -190,9 +191,10 @@ def _run_starts(op: _Scan, cfg: dict, chunks_per_run: int) -> Tuple[Tensor, int]
     return states, runs
 
 
-def _forward(op: _Scan, y: Tensor, sy: Strides, kept_states: Optional[Tensor] = None) -> None:
+def _forward(op: _Scan, y: Tensor, sy: Strides, kept_states: Optional[Tensor] = None, state_every: int = 1) -> None:
     """Run the forward kernel into y (zero-filled fp32 when merging: the directions add into it), and into
-    kept_states (B, K, backward chunks, N, E) the state at the start of each of the backward's chunks."""
+    kept_states (B, K, backward chunks, N, E) the state at the start of each backward chunk of state_every
+    positions."""
     cfg = op.config()
     chunks_per_run = cfg.pop("CPP")
     length = op.H * op.W
@@ -206,7 +208,7 @@ def _forward(op: _Scan, y: Tensor, sy: Strides, kept_states: Optional[Tensor] = 
            *op.common(), y, states, op.A, op.A, kept_states if keep else op.A, op.E, op.H, op.W, length, n_chunks,
            op.R, chunks_per_run, runs, kept_states.shape[2] if keep else 1, *op.su, *op.sdl, *op.sb, *op.sc, *sy,
            **op.flags(), DT_PROJ=op.R > 0, LOAD_STATE=runs > 1, SUMMARY=False, STORE_Y=True, STORE_STATES=keep,
-           STATE_EVERY=op.config(backward=True)["BLOCK_L"] if keep else 1, **cfg)
+           STATE_EVERY=state_every, **cfg)
 
 
 def _backward(op: _Scan, dy: Tensor, sdy: Strides, du: Tensor, sdu: Strides, dz: Tensor, sdz: Strides,
@@ -342,12 +344,15 @@ def in_traced_context(*tensors: Optional[Tensor]) -> bool:
 def _cross_forward(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor,
                    order: str, keep_states: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     """The merged output (B, E, H, W) fp32 and, with keep_states where the kernels keep them
-    (:func:`_kept_states_shape`), the chunk-start states for the backward."""
+    (:func:`_kept_states`), the chunk-start states for the backward."""
     op, _ = _cross_scan_op(u, x_dbl, dt_weight, dt_bias, A, D, order, dt_gemm=dt_weight.shape[2] >= DT_GEMM_MIN_RANK)
     y = torch.zeros_like(u, dtype=torch.float32)  # keeps u's memory format; the 4 directions add into it
-    shape = _kept_states_shape(u, op.K, op.N, order) if keep_states else None
-    states = None if shape is None else torch.empty(shape, device=u.device, dtype=torch.float32)
-    _forward(op, y, _map(y), states)
+    kept = _kept_states(u, op.K, op.N, order) if keep_states else None
+    if kept is None:
+        _forward(op, y, _map(y))
+        return y, None
+    states = torch.empty(kept[0], device=u.device, dtype=torch.float32)
+    _forward(op, y, _map(y), states, kept[1])
     return y, states
 
 
@@ -364,8 +369,8 @@ def _cross_op(u: Tensor, x_dbl: Tensor, dt_weight: Tensor, dt_bias: Tensor, A: T
 
 @_cross_op.register_fake
 def _(u, x_dbl, dt_weight, dt_bias, A, D, order, keep_states):
-    shape = _kept_states_shape(u, dt_weight.shape[0], A.shape[1], order) if keep_states else None
-    states = _no_states(u) if shape is None else u.new_empty(shape, dtype=torch.float32)
+    kept = _kept_states(u, dt_weight.shape[0], A.shape[1], order) if keep_states else None
+    states = _no_states(u) if kept is None else u.new_empty(kept[0], dtype=torch.float32)
     return torch.empty_like(u, dtype=torch.float32), states
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import vssm
+from conftest import requires_cuda
 from vssm.data.tensor_loader import TensorAugment, TensorTrainLoader
 from vssm.train.checkpointing import atomic_write, list_checkpoints
 
@@ -215,6 +216,24 @@ def test_global_batch_is_split_across_ranks():
     full = list(one.iter_epoch(5))
     tail = list(one.iter_epoch(5, start_step=2))
     assert all(torch.equal(a[0], b[0]) for a, b in zip(full[2:], tail))
+
+
+@requires_cuda
+def test_train_batches_do_not_synchronize_the_gpu():
+    """Drawing and augmenting a batch on the GPU never waits for the GPU: a stream sync per step would serialise the
+    host's work with the previous step's kernels (and defeat CUDA graphs)."""
+    images = torch.randint(0, 256, (256, 28, 28), dtype=torch.uint8, device="cuda")
+    labels = torch.arange(256, device="cuda") % 10
+    for aug in (TensorAugment(), TensorAugment(translate=3, hflip=0.5, reprob=0.5, remode="pixel")):
+        batches = TensorTrainLoader(images, labels, 32, 64, 1, (0.5,), (0.25,), aug, seed=1).iter_epoch(0)
+        next(batches)  # the epoch's order goes to the GPU once, with a blocking copy
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            x, y = next(batches)
+            next(batches)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert x.shape == (32, 1, 64, 64) and x.device.type == "cuda"
 
 
 def test_imagefolder_train_and_eval(tmp_path):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -132,12 +132,6 @@ class TensorAugment:
         return x
 
 
-def _normalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 class _TensorSplit:
     def __init__(self, images: Tensor, labels: Tensor, img_size: int, in_chans: int, mean, std, fit: str):
         if images.dim() == 3:
@@ -146,7 +140,12 @@ class _TensorSplit:
             raise TypeError(f"images must be uint8 (N, [C,] H, W), got {images.dtype}")
         self.images, self.labels = images, labels
         self.img_size, self.in_chans, self.fit = img_size, in_chans, fit
-        self.mean, self.std = tuple(mean), tuple(std)
+        mean = tuple(mean) * in_chans if len(mean) == 1 else tuple(mean)
+        std = tuple(std) * in_chans if len(std) == 1 else tuple(std)
+        # built once on the data's device: a tensor made from a list per batch is a blocking copy to the GPU, a
+        # stream sync that would stall every training step until the previous one has finished
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(images.device)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(images.device)
 
     def _prepare(self, index: Tensor, geometric=None) -> Tuple[Tensor, Tensor]:
         x = self.images[index].float().div_(255)
@@ -157,9 +156,7 @@ class _TensorSplit:
             if x.shape[1] != 1:
                 raise ValueError(f"cannot turn {x.shape[1]}-channel images into {self.in_chans} channels")
             x = x.expand(-1, self.in_chans, -1, -1)
-        mean = self.mean * self.in_chans if len(self.mean) == 1 else self.mean
-        std = self.std * self.in_chans if len(self.std) == 1 else self.std
-        return _normalize(x, mean, std), self.labels[index]
+        return (x - self.mean) / self.std, self.labels[index]
 
 
 class TensorTrainLoader(_TensorSplit):

@@ -187,6 +187,9 @@ def _make_optimizer(cfg: Dict[str, Any], model: nn.Module, lr: float):
     name = cfg["opt"].lower()
     if name in ("adamw", "adam", "nadamw", "lamb", "adan", "lion", "radam", "nadam"):
         kwargs.update(eps=cfg["opt_eps"], betas=tuple(cfg["opt_betas"]))
+    if name in ("adamw", "adam") and all(p.is_cuda for p in model.parameters()):
+        # one multi-tensor kernel per step instead of foreach's chain (4.3 ms of a 35 ms vmamba_nano step on an H100)
+        kwargs.update(fused=True)
     if name in ("sgd", "momentum", "nesterov", "rmsprop", "rmsproptf"):
         kwargs.update(momentum=cfg["momentum"])
     if name == "lion":

@@ -219,6 +219,7 @@ def test_global_batch_is_split_across_ranks():
 
 
 @requires_cuda
+@pytest.mark.gpu
 def test_train_batches_do_not_synchronize_the_gpu():
     """Drawing and augmenting a batch on the GPU never waits for the GPU: a stream sync per step would serialise the
     host's work with the previous step's kernels (and defeat CUDA graphs)."""

@@ -347,3 +347,32 @@ def test_eager_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch):
     # equal up to the order of the directions' fp32 atomic adds, which a GPU does not fix from run to run
     torch.testing.assert_close(direct, results[0][0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-6)
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, kwargs", [
+    ("vmamba_tiny_s1l8", dict(depths=[1, 1, 2, 1])),
+    ("vanilla_vmamba_tiny", dict(depths=[1, 1, 2, 1])),
+    ("vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2", dict(depth=2, img_size=64)),
+    ("msvmamba_nano", {}),
+], ids=["vmamba_v2", "vmamba_v0", "vim", "msvmamba"])
+def test_training_step_does_not_synchronize_the_gpu(name, kwargs):
+    """A forward + backward under fp16 autocast queues its work without waiting for the GPU: a stream sync inside
+    the model (a blocking copy, an .item()) would serialise the host with the GPU in every training step."""
+    model = vssm.create_model(name, num_classes=10, **kwargs).cuda().train()
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(x).float().logsumexp(-1).mean()
+        loss.backward()
+
+    step()  # first launches compile the Triton kernels
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

@@ -218,6 +218,20 @@ def test_global_batch_is_split_across_ranks():
     assert all(torch.equal(a[0], b[0]) for a, b in zip(full[2:], tail))
 
 
+def test_normalisation_per_channel_and_checked():
+    """One mean / std value is repeated over the channels; a count that fits neither 1 nor the channels is refused
+    (it would otherwise broadcast a 1-channel image into 3 channels)."""
+    images = torch.full((4, 8, 8), 255, dtype=torch.uint8)
+    loader = TensorTrainLoader(images, torch.zeros(4, dtype=torch.long), 4, 8, 3, (0.5,), (0.25,))
+    x, _ = next(loader.iter_epoch(0))
+    assert x.shape == (4, 3, 8, 8) and torch.allclose(x, torch.full_like(x, 2.0))
+    x, _ = next(TensorTrainLoader(images, torch.zeros(4, dtype=torch.long), 4, 8, 3, (0.0, 0.5, 1.0),
+                                  (1.0, 0.5, 1.0)).iter_epoch(0))
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([1.0, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="3 / 3 values for 1 input channels"):
+        TensorTrainLoader(images, torch.zeros(4, dtype=torch.long), 4, 8, 1, (0.5,) * 3, (0.25,) * 3)
+
+
 @requires_cuda
 @pytest.mark.gpu
 def test_train_batches_do_not_synchronize_the_gpu():

@@ -142,6 +142,9 @@ class _TensorSplit:
         self.img_size, self.in_chans, self.fit = img_size, in_chans, fit
         mean = tuple(mean) * in_chans if len(mean) == 1 else tuple(mean)
         std = tuple(std) * in_chans if len(std) == 1 else tuple(std)
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ValueError(f"normalisation mean / std have {len(mean)} / {len(std)} values for {in_chans} input "
+                             f"channels; give one value or one per channel")
         # built once on the data's device: a tensor made from a list per batch is a blocking copy to the GPU, a
         # stream sync that would stall every training step until the previous one has finished
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(images.device)

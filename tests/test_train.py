@@ -148,6 +148,31 @@ def test_resume_after_sigkill_is_exact(reference_run, tmp_path, fault):
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]  # no duplicates from the killed run
 
 
+def test_stop_after_minutes_then_resume_is_exact(reference_run, tmp_path):
+    """--stop-after-minutes ends the process after the first epoch that finishes past the limit, with a checkpoint
+    and exit code 75; the same command with --resume auto ends exactly like the uninterrupted run."""
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--save-every-steps", "3", "--threads", "1", "--output", str(out)]
+    stopped = vssm_cmd(*args, "--stop-after-minutes", "0", check=False)
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
+    assert "stopping after" in stopped.stdout and "end of epoch 1/2" in stopped.stdout
+    assert not (out / "summary.json").exists() and not (out / "model.safetensors").exists()
+    assert (out / "checkpoints" / "last.pth").exists()
+    resumed = vssm_cmd(*args, "--resume", "auto")
+    assert "resumed from" in resumed.stdout and "epoch 2, step 0/8" in resumed.stdout
+    assert_same_run(reference_run, out)
+
+
+def test_stop_after_minutes_is_not_taken_from_the_checkpoint():
+    from vssm.train.engine import _merge_resumed_config
+
+    saved = {"model": "vmamba_femto", "epochs": 4, "stop_after_minutes": 30.0}
+    merged = _merge_resumed_config(saved, {"model": "vmamba_femto", "stop_after_minutes": None}, {}, print)
+    assert merged["stop_after_minutes"] is None and merged["epochs"] == 4
+    merged = _merge_resumed_config(saved, {"stop_after_minutes": 5.0}, {"stop_after_minutes": 5.0}, print)
+    assert merged["stop_after_minutes"] == 5.0
+
+
 def test_resume_skips_corrupt_newest_checkpoint(reference_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference_run, out)
@@ -309,6 +334,8 @@ def test_clear_errors(tmp_path, capsys):
     assert code == 2 and "not a vssm training checkpoint" in err
     code, err = _cli(capsys, "train", "--model", "no_such_model_xyz", "--output", str(tmp_path / "r2"))
     assert code == 2 and "unknown model" in err
+    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--stop-after-minutes", "-1")
+    assert code == 2 and "--stop-after-minutes must be >= 0" in err
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -88,6 +88,7 @@ DEFAULTS: Dict[str, Any] = dict(
     save_every_epochs=1,
     keep_last=2,
     eval_every=1,
+    stop_after_minutes=None,  # per invocation (not taken from a resumed checkpoint's config)
     log_interval=50,
     progress="auto",
     tensorboard=True,
@@ -306,6 +307,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _opt(g, "save-every-epochs", "checkpoint every N epochs (and always after the last)", type=int)
     _opt(g, "keep-last", "how many recent checkpoints to keep (plus best.pth)", type=int)
     _opt(g, "eval-every", "evaluate every N epochs (and always after the last)", type=int)
+    _opt(g, "stop-after-minutes", "end this process at the end of the first epoch that finishes after M minutes, "
+         "with a checkpoint, and exit with code 75; the same command with --resume auto continues (for wall-time "
+         "limits: leave an epoch of headroom)", type=float)
     _opt(g, "log-interval", "steps between log lines / progress-bar updates", type=int)
     _opt(g, "progress", "auto (a bar on a terminal, log lines otherwise), bar, log or none",
          choices=["auto", "bar", "log", "none"])
@@ -335,6 +339,8 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
     for key in ("scale", "ratio", "opt_betas"):
         if cfg.get(key) is not None:
             cfg[key] = [float(v) for v in cfg[key]]
+    if cfg.get("stop_after_minutes") is not None and cfg["stop_after_minutes"] < 0:
+        raise ValueError(f"--stop-after-minutes must be >= 0, got {cfg['stop_after_minutes']:g}")
     if not isinstance(cfg.get("model_kwargs") or {}, dict):
         raise ValueError("--model-kwargs must be a JSON object, e.g. '{\"dims\": 48}'")
     cfg["model_kwargs"] = dict(cfg.get("model_kwargs") or {})

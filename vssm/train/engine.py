@@ -47,6 +47,8 @@ __all__ = ["build_model", "evaluate", "train", "amp_dtype", "Logger", "UsageErro
 # config keys that only affect how a run is watched or where it runs, not its result
 RUN_KEYS = {"output", "resume", "overwrite", "progress", "log_interval", "tensorboard", "plot", "device", "threads", "workers",
             "eval_batch_size", "keep_last", "save_every_steps", "save_every_epochs", "limit_val_batches"}
+INVOCATION_KEYS = {"stop_after_minutes"}  # this process's own: never taken from a resumed checkpoint's config
+STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by --stop-after-minutes, continue with --resume auto
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------
@@ -342,6 +344,8 @@ def _merge_resumed_config(saved: Dict[str, Any], cfg: Dict[str, Any], given: Dic
     for key in RUN_KEYS:
         if key in cfg and key not in given:
             merged.setdefault(key, cfg[key])
+    for key in INVOCATION_KEYS:
+        merged[key] = cfg.get(key)
     return merged
 
 
@@ -375,7 +379,8 @@ def train(cfg: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> Dict[s
     """Run a training job described by a resolved configuration (see :mod:`vssm.train.config`).
 
     ``given`` holds the flags set explicitly on the command line (they win over a resumed checkpoint's config).
-    Returns the summary (final metrics, best, paths) that rank 0 also writes to ``OUTPUT/summary.json``.
+    Returns the summary (final metrics, best, paths) that rank 0 also writes to ``OUTPUT/summary.json``, or
+    ``{"stopped": True, "epoch": ..., "checkpoint": ...}`` when ``stop_after_minutes`` ended this process early.
     """
     given = dict(given or {})
     dist = setup_distributed(cfg.get("device", "auto"), cfg.get("threads"))
@@ -386,6 +391,7 @@ def train(cfg: Dict[str, Any], given: Optional[Dict[str, Any]] = None) -> Dict[s
 
 
 def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[str, Any]:
+    process_start = time.perf_counter()
     log = Logger(dist)
     device = dist.device
     if cfg.get("model") is None:
@@ -681,7 +687,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         rec["time"] = time.time()
         history.append(rec)
         epoch_sums.zero_()
-        if (epoch + 1) % save_every_epochs == 0 or is_last:
+        stop = not is_last and _time_is_up(cfg.get("stop_after_minutes"), process_start, device, dist)
+        if (epoch + 1) % save_every_epochs == 0 or is_last or stop:
             # best.pth: the best of the epochs that were saved (all of them with --save-every-epochs 1)
             is_best = score is not None and score > best.get("saved_acc1", -1.0)
             if is_best:
@@ -691,6 +698,16 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         if dist.is_main and cfg.get("plot", True) and time.perf_counter() - last_plot > 60 and not is_last:
             _plot_safely(history, step_log, out_dir, log)  # at most once a minute while training
             last_plot = time.perf_counter()
+        if stop:
+            log(f"stopping after {(time.perf_counter() - process_start) / 60:.1f} minutes at the end of epoch "
+                f"{epoch + 1}/{epochs} (--stop-after-minutes {cfg['stop_after_minutes']:g}); the checkpoint is "
+                f"{os.path.join(ckpt_dir, 'last.pth')}: run the same command with --resume auto to continue")
+            if dist.is_main and cfg.get("plot", True):
+                _plot_safely(history, step_log, out_dir, log)
+            outputs.close()
+            barrier(dist)
+            return {"stopped": True, "epoch": epoch + 1, "epochs": epochs, "global_step": global_step,
+                    "checkpoint": os.path.join(ckpt_dir, "last.pth"), "output": out_dir}
 
     # the end: export weights, summary
     summary: Dict[str, Any] = {}
@@ -716,6 +733,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         last = history[-1] if history else {}
         final_prefix = "ema_val_" if ema is not None else "val_"
         summary = {
+            "stopped": False,
             "model": cfg["model"],
             "params": n_params,
             "data": info.name,
@@ -745,6 +763,14 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     outputs.close()
     barrier(dist)
     return summary
+
+
+def _time_is_up(minutes: Optional[float], since: float, device: torch.device, dist: DistInfo) -> bool:
+    """Whether --stop-after-minutes has passed, decided the same on every rank (any rank over the limit stops all)."""
+    if minutes is None:
+        return False
+    over = torch.tensor([float(time.perf_counter() - since > 60.0 * minutes)], device=device)
+    return bool(all_reduce_sum(over, dist).item() > 0)
 
 
 def _plot_safely(history, step_log, out_dir: str, log: Logger) -> None:

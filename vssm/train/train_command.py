@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .engine import UsageError, train
+    from .engine import STOPPED_EXIT_CODE, UsageError, train
 
     try:
         cfg = resolve_config(args)
@@ -30,8 +30,8 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(cfg, indent=2, sort_keys=True))
         return 0
     try:
-        train(cfg, given)
+        summary = train(cfg, given)
     except (DataError, CheckpointError, FileNotFoundError, NotADirectoryError, UsageError) as err:
         print(f"vssm train: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return STOPPED_EXIT_CODE if summary.get("stopped") else 0

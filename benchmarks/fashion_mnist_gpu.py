@@ -27,6 +27,14 @@ per-epoch evaluation does not eat a quarter of a compiled epoch (the last epoch 
     python benchmarks/fashion_mnist_gpu.py --out OUT2 --models resnet18,convnext_atto --epochs E \
         --compile-mode reduce-overhead --train-args "--eval-every 5"
 
+A run longer than one device command (10 minutes) is split with ``--stop-after-minutes M --runs-dir DIR --epochs E``:
+each command continues the run in DIR (``vssm train --resume auto``) and stops at the first epoch end after M
+minutes, this script then exits with code 75; repeat the same command (on the same warm machine: the checkpoint
+lives in DIR) until it evaluates the model and writes the row:
+
+    python benchmarks/fashion_mnist_gpu.py --out $OUT/long --runs-dir build/fm-runs --models vmamba_nano \
+        --epochs 300 --stop-after-minutes 8 --compile-mode reduce-overhead --train-args "--eval-every 10"
+
 The img/s of a row is the mean over the epochs after the first (the first holds the compilation; its time is in
 the row's ``first_epoch_s``); the train time is the whole run's, compilation included.
 """
@@ -62,7 +70,14 @@ MODELS = {
 }
 
 
-def run(cmd: List[str], log_path: str, timeout: Optional[float] = None) -> float:
+STOPPED = 75  # `vssm train` ended by --stop-after-minutes; the same command continues it
+
+
+class Stopped(Exception):
+    """A training command stopped by --stop-after-minutes (exit code 75)."""
+
+
+def run(cmd: List[str], log_path: str, timeout: Optional[float] = None, allow_stop: bool = False) -> float:
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
@@ -72,15 +87,22 @@ def run(cmd: List[str], log_path: str, timeout: Optional[float] = None) -> float
             if not line.startswith("Train:"):
                 sys.stdout.write(line)
         proc.wait(timeout=timeout)
+    if allow_stop and proc.returncode == STOPPED:
+        raise Stopped()
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}); see {log_path}")
     return time.perf_counter() - t0
 
 
-def train_cmd(args, name: str, out_dir: str, epochs: int, extra: List[str]) -> List[str]:
+def train_cmd(args, name: str, out_dir: str, epochs: int, extra: List[str], resumable: bool = False) -> List[str]:
+    """The `vssm train` command of one model; ``resumable`` (with --stop-after-minutes): continue the run in
+    out_dir if there is one and stop at the time limit, instead of starting afresh."""
     model, kwargs = MODELS[name]
+    start = ["--overwrite"]
+    if resumable and args.stop_after_minutes is not None:
+        start = ["--resume", "auto", "--stop-after-minutes", f"{args.stop_after_minutes:g}"]
     cmd = [sys.executable, "-m", "vssm", "train", "--preset", args.preset, "--model", model,
-           "--epochs", str(epochs), "--img-size", str(args.img_size), "--output", out_dir, "--overwrite",
+           "--epochs", str(epochs), "--img-size", str(args.img_size), "--output", out_dir, *start,
            "--progress", "log", "--log-interval", "100", "--amp", args.amp]
     kw = kwargs(args.img_size)
     if kw:
@@ -204,6 +226,13 @@ def main() -> int:
     p.add_argument("--probe-only", action="store_true",
                    help="only measure every model's training speed (80 steps) and print the epochs --budget-minutes fits")
     p.add_argument("--smoke", action="store_true", help="tiny data and epochs (validates the script on a CPU)")
+    p.add_argument("--runs-dir", default=None,
+                   help="where the training runs go (default: OUT); on the device tool a folder of the repo's that git "
+                        "ignores survives between calls on the same warm machine, while OUT comes back")
+    p.add_argument("--stop-after-minutes", type=float, default=None,
+                   help="split a long run over several commands: each training command continues the run in "
+                        "RUNS_DIR (--resume auto) and stops at an epoch end after M minutes; this script then exits "
+                        "with code 75 and the same command continues")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX .gz files "
                    "(default: $VSSM_FASHION_MNIST_DIR or /usr/share/datasets/fashion-mnist)")
     p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
@@ -226,6 +255,9 @@ def main() -> int:
         write_tables(args.out, rows, plan)
         print(open(os.path.join(args.out, "results.md")).read())
         return 0
+    if args.stop_after_minutes is not None and not args.epochs:
+        raise SystemExit("--stop-after-minutes needs --epochs: a later command must train for the same epochs, and "
+                         "OUT (with the probe's plan) need not survive between commands")
     if args.data_dir:
         os.environ["VSSM_FASHION_MNIST_DIR"] = os.path.abspath(args.data_dir)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
@@ -266,9 +298,13 @@ def main() -> int:
     results_path = os.path.join(args.out, "results.json")
     rows = json.load(open(results_path))["rows"] if os.path.exists(results_path) else []
     for name in names:
-        run_dir = os.path.join(args.out, name)
-        cmd = train_cmd(args, name, run_dir, plan["epochs"], [])
-        seconds = run(cmd, os.path.join(args.out, f"{name}.log"))
+        run_dir = os.path.join(args.runs_dir or args.out, name)
+        cmd = train_cmd(args, name, run_dir, plan["epochs"], [], resumable=True)
+        try:
+            seconds = run(cmd, os.path.join(args.out, f"{name}.log"), allow_stop=True)
+        except Stopped:
+            print(f"{name}: stopped by --stop-after-minutes; run this command again to continue it", flush=True)
+            return STOPPED
         eval_json = os.path.join(run_dir, "eval.json")
         run([sys.executable, "-m", "vssm", "eval", "--checkpoint", os.path.join(run_dir, "model.safetensors"),
              "--data", "fashion-mnist", "--json", eval_json, "--print-freq", "0", "--amp", args.amp,
@@ -295,7 +331,7 @@ def main() -> int:
             "best_acc1": summary["best"]["acc1"],
             "nonfinite_losses": summary["nonfinite_losses"],
             "n_images": metrics["n_images"],
-            "command": " ".join(cmd[2:]).replace(args.out, "OUT"),
+            "command": " ".join(cmd[2:]).replace(args.runs_dir or args.out, "OUT"),
             "last_epoch": last,
         })
         write_tables(args.out, rows, plan)

@@ -52,6 +52,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from vssm.train.engine import STOPPED_EXIT_CODE
+
 # name in the table -> (model, model kwargs as a function of the image size)
 def _swin_kwargs(img: int) -> dict:
     """timm's SwinTransformer at the vssm model's size (6.9M params): embed 48, depths 2-2-6-2, with 16x16 tokens in
@@ -70,9 +72,6 @@ MODELS = {
 }
 
 
-STOPPED = 75  # `vssm train` ended by --stop-after-minutes; the same command continues it
-
-
 class Stopped(Exception):
     """A training command stopped by --stop-after-minutes (exit code 75)."""
 
@@ -87,7 +86,7 @@ def run(cmd: List[str], log_path: str, timeout: Optional[float] = None, allow_st
             if not line.startswith("Train:"):
                 sys.stdout.write(line)
         proc.wait(timeout=timeout)
-    if allow_stop and proc.returncode == STOPPED:
+    if allow_stop and proc.returncode == STOPPED_EXIT_CODE:
         raise Stopped()
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}); see {log_path}")
@@ -304,7 +303,7 @@ def main() -> int:
             seconds = run(cmd, os.path.join(args.out, f"{name}.log"), allow_stop=True)
         except Stopped:
             print(f"{name}: stopped by --stop-after-minutes; run this command again to continue it", flush=True)
-            return STOPPED
+            return STOPPED_EXIT_CODE
         eval_json = os.path.join(run_dir, "eval.json")
         run([sys.executable, "-m", "vssm", "eval", "--checkpoint", os.path.join(run_dir, "model.safetensors"),
              "--data", "fashion-mnist", "--json", eval_json, "--print-freq", "0", "--amp", args.amp,

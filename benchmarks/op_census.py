@@ -47,17 +47,18 @@ def census(model_name: str, stage: int, block: int, dtype: torch.dtype, size: in
         x = torch.randn(2, dim, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
     else:
         x = torch.randn(2, size, size, dim, requires_grad=True)
-    rec, gy = _Recorder(), None
-    for step in range(2):
+
+    def forward():
         with torch.autocast("cpu", dtype=dtype):
-            if step:
-                rec.__enter__()
-            y = blk(x)
+            return blk(x)
+
+    y = forward()  # the first step creates the .grad tensors that later steps accumulate into
+    gy = torch.ones_like(y)
+    y.backward(gy)
+    with _Recorder() as rec:
+        y = forward()
         n_fwd = len(rec.ops)
-        if gy is None:
-            gy = torch.ones_like(y)
         y.backward(gy)
-    rec.__exit__(None, None, None)
     return {"forward": rec.ops[:n_fwd], "backward": rec.ops[n_fwd:]}
 
 

@@ -259,6 +259,24 @@ def test_normalisation_per_channel_and_checked():
 
 @requires_cuda
 @pytest.mark.gpu
+def test_train_with_cuda_graphs_follows_the_eager_run(tmp_path):
+    """`--cuda-graphs` replays every training step and trains like the eager run (no stochastic depth, so the
+    graphs' warm-up passes draw nothing from the RNG; fp32, so only float rounding separates the two)."""
+    summaries = {}
+    for name, extra in (("eager", []), ("graphs", ["--cuda-graphs"])):
+        vssm_cmd("train", *TINY, "--device", "cuda", "--drop-path", "0", "--amp", "none", "--output",
+                 str(tmp_path / name), *extra)
+        summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    eager, graphs = summaries["eager"], summaries["graphs"]
+    assert graphs["cuda_graphs"] == {"captures": 1, "replays": graphs["global_step"]}
+    assert "cuda_graphs" not in eager
+    for a, b in zip(eager["history"], graphs["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 * abs(a["train_loss"]), (a, b)
+    assert abs(eager["final"]["acc1"] - graphs["final"]["acc1"]) <= 1.0
+
+
+@requires_cuda
+@pytest.mark.gpu
 def test_train_batches_do_not_synchronize_the_gpu():
     """Drawing and augmenting a batch on the GPU never waits for the GPU: a stream sync per step would serialise the
     host's work with the previous step's kernels (and defeat CUDA graphs)."""
@@ -336,6 +354,10 @@ def test_clear_errors(tmp_path, capsys):
     assert code == 2 and "unknown model" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--stop-after-minutes", "-1")
     assert code == 2 and "--stop-after-minutes must be >= 0" in err
+    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--cuda-graphs", "--compile")
+    assert code == 2 and "exclude each other" in err
+    code, err = _cli(capsys, "train", *TINY, "--device", "cpu", "--cuda-graphs", "--output", str(tmp_path / "g"))
+    assert code == 2 and "--cuda-graphs needs one CUDA device" in err
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

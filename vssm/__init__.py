@@ -2,6 +2,7 @@
 from . import models  # noqa: F401  (registers the models with timm)
 from ._registry import build_official, list_families, list_models
 from .checkpoint import CheckpointError, load_checkpoint
+from .cuda_graphs import enable_cuda_graphs
 from .factory import create_model
 from .ops import cross_merge, cross_scan, selective_scan
 
@@ -12,6 +13,7 @@ __all__ = [
     "create_model",
     "cross_merge",
     "cross_scan",
+    "enable_cuda_graphs",
     "list_families",
     "list_models",
     "load_checkpoint",

@@ -4,7 +4,8 @@ Protocol (the VMamba paper's analysis tool, plus a bf16 row; ../shared/anchors/R
 random normal input, cudnn.benchmark on, TF32 off (PyTorch's default); inference in eval mode under no_grad,
 50 warm-up + 30 timed forwards, fp32 (no autocast) and bf16 (autocast); training = forward + cross-entropy +
 backward under fp16 autocast, no optimizer step, 50 + 30 iterations; peak memory = max_memory_allocated over the
-timed loop. Ratios are to the first model listed.
+timed loop (with ``--cuda-graphs``: over warm-up and timed loop, the graphs' capture included). Ratios are to the
+first model listed.
 """
 from __future__ import annotations
 
@@ -78,16 +79,24 @@ def measure(
     iters: int = 30,
     device: str = "cuda",
     num_classes: int = 1000,
+    peak_from_start: bool = False,
 ) -> Dict[str, Optional[float]]:
-    """Images per second and peak memory (MB) of one model in one mode ("fp32", "bf16", "train_fp16")."""
+    """Images per second and peak memory (MB) of one model in one mode ("fp32", "bf16", "train_fp16").
+
+    The peak is that of the timed loop, or with ``peak_from_start`` of warm-up and timed loop together (CUDA graphs
+    allocate their memory once, in the warm-up's capture)."""
     step, grad = make_step(model, mode, batch, size, device, num_classes)
     dev = torch.device(device)
     train = mode == "train_fp16"
     with grad:
+        if peak_from_start:
+            _sync(dev)
+            _peak_reset(dev)
         for _ in range(warmup):
             step()
         _sync(dev)
-        _peak_reset(dev)
+        if not peak_from_start:
+            _peak_reset(dev)
         start = time.perf_counter()
         for _ in range(iters):
             step()
@@ -98,11 +107,13 @@ def measure(
     return {"img_s": iters * batch / seconds, "peak_mb": _peak_mb(dev)}
 
 
-def build(name: str, compile_model: bool = False, device: str = "cuda") -> torch.nn.Module:
+def build(name: str, compile_model: bool = False, device: str = "cuda", cuda_graphs: bool = False) -> torch.nn.Module:
     import vssm  # noqa: F401  (registers vssm models with timm)
-    from vssm import create_model
+    from vssm import create_model, enable_cuda_graphs
 
     model = create_model(name).to(device)
+    if cuda_graphs:
+        enable_cuda_graphs(model)
     return torch.compile(model) if compile_model else model
 
 
@@ -115,16 +126,18 @@ def run(
     iters: int = 30,
     compile_model: bool = False,
     device: str = "cuda",
+    cuda_graphs: bool = False,
 ) -> List[dict]:
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []
     for name in names:
-        model = build(name, compile_model, device)
-        row = {"name": name, "compiled": compile_model, "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
+        model = build(name, compile_model, device, cuda_graphs)
+        row = {"name": name, "compiled": compile_model, "cuda_graphs": cuda_graphs,
+               "params_M": sum(p.numel() for p in model.parameters()) / 1e6}
         for mode in modes:
             try:
-                result = measure(model, mode, batch, size, warmup, iters, device)
+                result = measure(model, mode, batch, size, warmup, iters, device, peak_from_start=cuda_graphs)
             except torch.OutOfMemoryError:
                 result = {"img_s": None, "peak_mb": None, "error": "out of memory"}
             row.update({f"{mode}_{k}": v for k, v in result.items()})
@@ -144,7 +157,8 @@ def markdown(rows: List[dict], modes: Sequence[str] = MODES) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     first = rows[0] if rows else {}
     for row in rows:
-        cells = [row["name"] + (" (compiled)" if row.get("compiled") else ""), f"{row['params_M']:.1f}"]
+        label = row["name"] + (" (compiled)" if row.get("compiled") else "")
+        cells = [label + (" (CUDA graphs)" if row.get("cuda_graphs") else ""), f"{row['params_M']:.1f}"]
         for m in modes:
             value, ref = row.get(f"{m}_img_s"), first.get(f"{m}_img_s")
             if value is None:
@@ -174,14 +188,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="also measure each model under torch.compile")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="also measure each model's training step with vssm.enable_cuda_graphs (vssm and timm "
+                             "models alike; inference calls are not graphed, so only train_fp16 is measured)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the rows as JSON to this file")
 
 
 def main(args: argparse.Namespace) -> int:
+    graph_modes = [m for m in args.modes if m == "train_fp16"]
+    if args.cuda_graphs and args.device != "cuda":
+        raise SystemExit("--cuda-graphs needs --device cuda")
+    if args.cuda_graphs and not graph_modes:
+        raise SystemExit("--cuda-graphs measures the training step: add train_fp16 to --modes")
     rows = run(args.models, args.modes, args.batch, args.size, args.warmup, args.iters, False, args.device)
     if args.compile:
         rows += run(args.models, args.modes, args.batch, args.size, args.warmup, args.iters, True, args.device)
+    if args.cuda_graphs:
+        rows += run(args.models, graph_modes, args.batch, args.size, args.warmup, args.iters, False, args.device,
+                    cuda_graphs=True)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"device: {device_name}, torch {torch.__version__}, batch {args.batch}, {args.size}x{args.size}")
     print(markdown(rows, args.modes))

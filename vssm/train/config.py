@@ -25,6 +25,7 @@ DEFAULTS: Dict[str, Any] = dict(
     grad_checkpointing=False,
     compile=False,
     compile_mode="default",
+    cuda_graphs=False,
     channels_last=False,
     # data
     data="fashion-mnist",
@@ -240,6 +241,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _opt(g, "compile-mode", "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs: 2x the "
          "training speed of vmamba_nano on an H100, whose eager step is host-bound) or max-autotune",
          choices=["default", "reduce-overhead", "max-autotune"])
+    _bool(g, "cuda-graphs", "replay the model's trunk and its backward as CUDA graphs (vssm.enable_cuda_graphs): "
+          "eager training without the host's launch overhead and without compilation; one GPU, not with --compile")
     _bool(g, "channels-last", "channels-last memory format for the model and the batches")
 
     g = parser.add_argument_group("data")
@@ -341,6 +344,12 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
             cfg[key] = [float(v) for v in cfg[key]]
     if cfg.get("stop_after_minutes") is not None and cfg["stop_after_minutes"] < 0:
         raise ValueError(f"--stop-after-minutes must be >= 0, got {cfg['stop_after_minutes']:g}")
+    if cfg.get("cuda_graphs") and cfg.get("compile"):
+        raise ValueError("--cuda-graphs and --compile exclude each other; for CUDA graphs under torch.compile use "
+                         "--compile --compile-mode reduce-overhead")
+    if cfg.get("cuda_graphs") and cfg.get("grad_checkpointing"):
+        raise ValueError("--cuda-graphs cannot replay a checkpointed forward (it is re-run in the backward); "
+                         "drop one of --cuda-graphs and --grad-checkpointing")
     if not isinstance(cfg.get("model_kwargs") or {}, dict):
         raise ValueError("--model-kwargs must be a JSON object, e.g. '{\"dims\": 48}'")
     cfg["model_kwargs"] = dict(cfg.get("model_kwargs") or {})

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, load_checkpoint
+from ..cuda_graphs import enable_cuda_graphs
 from ..data.build import DataInfo, build_eval_loader, build_train_loader, data_info
 from . import faults
 from .checkpointing import (
@@ -47,7 +48,7 @@ __all__ = ["build_model", "evaluate", "train", "amp_dtype", "Logger", "UsageErro
 # config keys that only affect how a run is watched or where it runs, not its result
 RUN_KEYS = {"output", "resume", "overwrite", "progress", "log_interval", "tensorboard", "plot", "device", "threads", "workers",
             "eval_batch_size", "keep_last", "save_every_steps", "save_every_epochs", "limit_val_batches"}
-INVOCATION_KEYS = {"stop_after_minutes"}  # this process's own: never taken from a resumed checkpoint's config
+INVOCATION_KEYS = {"stop_after_minutes", "cuda_graphs"}  # this process's own: never taken from a resumed checkpoint's config
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by --stop-after-minutes, continue with --resume auto
 
 
@@ -448,6 +449,11 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     model.to(device)
     if cfg.get("channels_last"):
         model.to(memory_format=torch.channels_last)
+    if cfg.get("cuda_graphs"):
+        if device.type != "cuda" or dist.enabled:
+            raise UsageError(f"--cuda-graphs needs one CUDA device in a single process (this run: {device.type}, "
+                             f"{dist.world_size} process(es)); drop the flag")
+        enable_cuda_graphs(model)
     n_params = sum(p.numel() for p in model.parameters())
 
     train_loader = build_train_loader(cfg, info, dist, device)
@@ -755,6 +761,10 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "history": [{k: v for k, v in r.items() if k not in ("time",)} for r in history],
         }
         summary["final"]["weights"] = "ema" if ema is not None else "model"
+        if cfg.get("cuda_graphs"):
+            graphs = model.forward_features
+            summary["cuda_graphs"] = {"captures": graphs.captures, "replays": graphs.replays}
+            log(f"CUDA graphs: {graphs.captures} captured, {graphs.replays} training steps replayed")
         atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2).encode())
         if cfg.get("plot", True):
             _plot_safely(history, step_log, out_dir, log)

@@ -154,7 +154,7 @@ def test_fallbacks_keep_results_exact():
     torch.testing.assert_close(out.detach(), kept, rtol=0, atol=0)
     # a hook must run on every call: the graphed path steps aside
     calls = []
-    handle = graphed.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    handle = graphed.layers[0].blocks[0].register_forward_hook(lambda *a: calls.append(1))
     _step(graphed, x1, target)
     handle.remove()
     assert calls == [1] and fg.last_eager_reason.startswith("module hooks")
@@ -191,6 +191,6 @@ def test_benchmark_refuses_cuda_graphs_without_a_gpu():
 def test_benchmark_rows_with_cuda_graphs():
     from vssm import benchmark
 
-    rows = benchmark.run(["vmamba_femto"], ["train_fp16"], batch=8, size=64, warmup=3, iters=2, cuda_graphs=True)
+    rows = benchmark.run(["vmamba_tiny_s1l8"], ["train_fp16"], batch=4, size=64, warmup=3, iters=2, cuda_graphs=True)
     assert rows[0]["cuda_graphs"] and rows[0]["train_fp16_img_s"] > 0 and rows[0]["train_fp16_peak_mb"] > 0
-    assert "vmamba_femto (CUDA graphs)" in benchmark.markdown(rows, ["fp32", "train_fp16"])
+    assert "vmamba_tiny_s1l8 (CUDA graphs)" in benchmark.markdown(rows, ["fp32", "train_fp16"])

@@ -12,7 +12,6 @@ graphs' static buffers, so a caller may keep them.
 """
 from __future__ import annotations
 
-import warnings
 import weakref
 from collections import OrderedDict
 from typing import Callable, Hashable, List, Optional, Tuple
@@ -20,6 +19,7 @@ from typing import Callable, Hashable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.func import functional_call
 
 __all__ = ["GraphedForward", "enable_cuda_graphs"]
 
@@ -109,7 +109,6 @@ class GraphedForward:
         self.max_graphs = max_graphs
         self.warmup = warmup
         self.graphs: "OrderedDict[Hashable, _Capture]" = OrderedDict()
-        self.failed: set = set()
         self.captures = 0
         self.replays = 0
         self.last_eager_reason: Optional[str] = None
@@ -150,20 +149,16 @@ class GraphedForward:
 
     def __call__(self, x: Tensor) -> Tensor:
         reason = self._eager_reason(x)
-        params = list(self.model.parameters())
+        named = list(self.model.named_parameters())
+        params = [p for _, p in named]
         if reason is None and not (x.requires_grad or any(p.requires_grad for p in params)):
             reason = "nothing requires grad"
         if reason is None:
             buffers = list(self.model.buffers())
             key = self._key(x, params, buffers)
-            if key in self.failed:
-                reason = "the capture of this shape failed"
-            else:
-                cap = self.graphs.get(key)
-                if cap is None:
-                    cap = self._capture(x, key, params, buffers)
-                if cap is None:
-                    reason = "the capture of this shape failed"
+            cap = self.graphs.get(key)
+            if cap is None:
+                cap = self._capture(x, key, named, buffers)
         self.last_eager_reason = reason
         if reason is not None:
             return self.fn(self.model, x)
@@ -171,19 +166,30 @@ class GraphedForward:
         self.replays += 1
         return _Replay.apply(self, cap, x, *cap.params)
 
-    def _capture(self, x: Tensor, key: Hashable, params: List[Tensor], buffers: List[Tensor]) -> Optional[_Capture]:
+    def _capture(self, x: Tensor, key: Hashable, named: List[Tuple[str, nn.Parameter]],
+                 buffers: List[Tensor]) -> _Capture:
         while len(self.graphs) >= self.max_graphs:
             _, old = self.graphs.popitem(last=False)
             old.evicted = True
-        trainable = [p for p in params if p.requires_grad]
+        trainable = [(n, p) for n, p in named if p.requires_grad]
+        # the passes below differentiate w.r.t. fresh leaves that share the parameters' storage: the parameters'
+        # own gradient accumulators may still belong to an earlier step's autograd graph, made on another stream,
+        # and touching them from the capture stream would invalidate the capture
+        leaves = {"model." + n: p.detach().requires_grad_() for n, p in trainable}
+        trunk = _Trunk(self.model, self.fn)
         static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
         static_in.copy_(x)
         static_in.requires_grad_(x.requires_grad)
-        inputs = ([static_in] if x.requires_grad else []) + trainable
-        cap = _Capture(static_in, trainable)
+        inputs = ([static_in] if x.requires_grad else []) + list(leaves.values())
+        cap = _Capture(static_in, [p for _, p in trainable])
         amp = torch.is_autocast_enabled("cuda")
         # autocast's weight-cast cache would hand the graph tensors that are freed when the caller's autocast exits
         autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=amp, cache_enabled=False)
+
+        def forward() -> Tensor:
+            with autocast:
+                return functional_call(trunk, leaves, (static_in,), strict=False)
+
         # the warm-up and capture passes must not count as training steps of BatchNorm's running statistics
         saved_buffers = [b.clone() for b in buffers]
         try:
@@ -191,14 +197,12 @@ class GraphedForward:
             side.wait_stream(torch.cuda.current_stream(x.device))
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):  # cuDNN's algorithm search and Triton's compilation happen here
-                    with autocast:
-                        out = self.fn(self.model, static_in)
+                    out = forward()
                     torch.autograd.grad(out, inputs, torch.zeros_like(out), allow_unused=True)
                     del out
             torch.cuda.current_stream(x.device).wait_stream(side)
             with torch.cuda.graph(cap.fwd, pool=cap.pool):
-                with autocast:
-                    cap.static_out = self.fn(self.model, static_in)
+                cap.static_out = forward()
             if not isinstance(cap.static_out, Tensor):
                 raise TypeError(f"forward_features returned {type(cap.static_out).__name__}, not a tensor")
             cap.static_grad_out = torch.empty_like(cap.static_out)
@@ -206,16 +210,29 @@ class GraphedForward:
                 cap.static_grads = torch.autograd.grad(cap.static_out, inputs, cap.static_grad_out, allow_unused=True)
             cap.static_out = cap.static_out.detach()
         except (RuntimeError, TypeError) as err:
-            self.failed.add(key)
-            warnings.warn(f"vssm: CUDA graph capture failed, this input shape runs eagerly: {err}", stacklevel=3)
-            return None
+            raise RuntimeError(
+                f"{type(self.model).__name__}.forward_features could not be captured as a CUDA graph ({err}); "
+                f"train without CUDA graphs (vssm.enable_cuda_graphs(model, False), or drop --cuda-graphs)"
+            ) from err
         finally:
             with torch.no_grad():
-                for b, s in zip(buffers, saved_buffers):
-                    b.copy_(s)
+                for b, saved in zip(buffers, saved_buffers):
+                    b.copy_(saved)
         self.graphs[key] = cap
         self.captures += 1
         return cap
+
+
+class _Trunk(nn.Module):
+    """``fn(model, x)`` as a module's forward, so that torch.func.functional_call can substitute the parameters."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, Tensor], Tensor]):
+        super().__init__()
+        self.model = model
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(self.model, x)
 
 
 def enable_cuda_graphs(model: nn.Module, enable: bool = True, max_graphs: int = 2, warmup: int = 3) -> nn.Module:

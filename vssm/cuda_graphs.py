@@ -149,10 +149,11 @@ class GraphedForward:
 
     def __call__(self, x: Tensor) -> Tensor:
         reason = self._eager_reason(x)
-        named = list(self.model.named_parameters())
-        params = [p for _, p in named]
-        if reason is None and not (x.requires_grad or any(p.requires_grad for p in params)):
-            reason = "nothing requires grad"
+        if reason is None:
+            named = list(self.model.named_parameters())
+            params = [p for _, p in named]
+            if not (x.requires_grad or any(p.requires_grad for p in params)):
+                reason = "nothing requires grad"
         if reason is None:
             buffers = list(self.model.buffers())
             key = self._key(x, params, buffers)

@@ -5,7 +5,7 @@
    eager, worst relative error of the logits and of every gradient (relative to its norm); the same between two
    eager copies under fp16 autocast, which is the noise floor that the fp16 comparison is read against.
 2. Throughput: the protocol's training step (batch 128, 224², fp16 autocast, forward + cross-entropy + backward, no
-   optimizer step; = ``vssm benchmark --modes train_fp16``), every model eager and graphed, interleaved rounds in
+   optimizer step: ``vssm.benchmark.make_step``), every model eager and graphed, interleaved rounds in
    one process; the first step's time and peak memory above what was allocated before it (the graphs' warm-up and
    capture are in the graphed model's first step).
 
@@ -21,8 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import vssm
-from vssm import create_model, enable_cuda_graphs
+from vssm import benchmark, create_model, enable_cuda_graphs
 
 
 def _step(model, x, target, amp):
@@ -78,34 +77,29 @@ def main() -> None:
 
     if args.rounds == 0:
         args.models = []
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
-    target = torch.randint(0, 1000, (args.batch,), device="cuda")
-    models, peaks = {}, {}
+    steps, peaks = {}, {}
     for name in args.models:
         for graphed in (False, True):
-            model = create_model(name).cuda().train()
-            if graphed:
-                enable_cuda_graphs(model)
+            step, _ = benchmark.make_step(benchmark.build(name, cuda_graphs=graphed), "train_fp16", args.batch)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             start = time.perf_counter()
-            _step(model, x, target, torch.float16)
+            step()
             torch.cuda.synchronize()
             first = time.perf_counter() - start
-            models[(name, graphed)] = model
+            steps[(name, graphed)] = step
             peaks[(name, graphed)] = {"first_step_s": first,
                                       "first_step_peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
-    rates = {k: [] for k in models}
+    rates = {k: [] for k in steps}
     for r in range(args.rounds):
-        for key, model in models.items():
+        for key, step in steps.items():
             for _ in range(args.warmup):
-                _step(model, x, target, torch.float16)
+                step()
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
             for _ in range(args.iters):
-                _step(model, x, target, torch.float16)
+                step()
             torch.cuda.synchronize()
             rates[key].append(args.iters * args.batch / (time.perf_counter() - start))
             print(f"round {r} {key[0]} {'graphs' if key[1] else 'eager'}: {rates[key][-1]:.0f} img/s", flush=True)

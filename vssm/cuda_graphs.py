@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 from torch.func import functional_call
+from torch.nn.modules import module as module_hooks
 
 __all__ = ["GraphedForward", "enable_cuda_graphs"]
 
@@ -75,16 +76,16 @@ class _Replay(torch.autograd.Function):
         return (None, None, grad_x, *grads)
 
 
-def _has_hooks(model: nn.Module) -> bool:
-    from torch.nn.modules import module as module_mod
+_GLOBAL_HOOKS = (
+    module_hooks._global_forward_hooks,
+    module_hooks._global_forward_pre_hooks,
+    module_hooks._global_backward_hooks,
+    module_hooks._global_backward_pre_hooks,
+)
 
-    global_hooks = (
-        module_mod._global_forward_hooks,
-        module_mod._global_forward_pre_hooks,
-        module_mod._global_backward_hooks,
-        module_mod._global_backward_pre_hooks,
-    )
-    if any(global_hooks):
+
+def _has_hooks(model: nn.Module) -> bool:
+    if any(_GLOBAL_HOOKS):
         return True
     return any(
         m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks

@@ -35,6 +35,8 @@ lives in DIR) until it evaluates the model and writes the row:
     python benchmarks/fashion_mnist_gpu.py --out $OUT/long --runs-dir build/fm-runs --models vmamba_nano \
         --epochs 300 --stop-after-minutes 8 --compile-mode reduce-overhead --train-args "--eval-every 10"
 
+``--tta`` also evaluates each model with flip test-time augmentation (``vssm eval --tta hflip``): an extra column.
+
 The img/s of a row is the mean over the epochs after the first (the first holds the compilation; its time is in
 the row's ``first_epoch_s``); the train time is the whole run's, compilation included.
 """
@@ -160,6 +162,10 @@ def epochs_in_budget(speed: Dict[str, float], n_train: int, budget_minutes: floa
     return epoch_s, max(1, min(max_epochs, int(budget_s // epoch_s)))
 
 
+def _pct(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def write_tables(out: str, rows: List[dict], plan: dict) -> None:
     rows = sorted(rows, key=lambda r: (not r["model_name"].startswith("vmamba"), r["model_name"]))
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -172,15 +178,15 @@ def write_tables(out: str, rows: List[dict], plan: dict) -> None:
         f"on {plan.get('device', '?')} (torch {plan.get('torch', '?')}); EMA weights evaluated by `vssm eval`. "
         f"img/s: mean of the epochs after the first; train time and epoch 1 include the compilation.",
         "",
-        "| model | params (M) | epochs | train time (min) | train img/s | epoch 1 (s) | top-1 (%) | top-5 (%) | test loss | top-1 raw weights (%) | non-finite losses |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | params (M) | epochs | train time (min) | train img/s | epoch 1 (s) | top-1 (%) | top-5 (%) | test loss | top-1 raw weights (%) | top-1 flip TTA (%) | non-finite losses |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         first = f"{r['first_epoch_s']:.0f}" if r.get("first_epoch_s") is not None else "?"
         lines.append(
             f"| {r['model_name']} | {r['params'] / 1e6:.2f} | {r['epochs']} | {r['train_time_s'] / 60:.1f} | "
             f"{r['img_per_s']:.0f} | {first} | {r['acc1']:.2f} | {r['acc5']:.2f} | {r['loss']:.4f} | "
-            f"{r['acc1_raw']:.2f} | {r['nonfinite_losses']} |"
+            f"{r['acc1_raw']:.2f} | {_pct(r.get('acc1_hflip'))} | {r['nonfinite_losses']} |"
         )
     for r in rows:
         lines.append("")
@@ -222,6 +228,8 @@ def main() -> int:
                         "does), e.g. \"--eval-every 5\"")
     p.add_argument("--fp16-check", action="store_true", help="also a short fp16-AMP run of the first model")
     p.add_argument("--fp16-epochs", type=int, default=3)
+    p.add_argument("--tta", action="store_true",
+                   help="also evaluate with flip test-time augmentation (vssm eval --tta hflip): an extra column")
     p.add_argument("--probe-only", action="store_true",
                    help="only measure every model's training speed (80 steps) and print the epochs --budget-minutes fits")
     p.add_argument("--smoke", action="store_true", help="tiny data and epochs (validates the script on a CPU)")
@@ -305,10 +313,12 @@ def main() -> int:
             print(f"{name}: stopped by --stop-after-minutes; run this command again to continue it", flush=True)
             return STOPPED_EXIT_CODE
         eval_json = os.path.join(run_dir, "eval.json")
-        run([sys.executable, "-m", "vssm", "eval", "--checkpoint", os.path.join(run_dir, "model.safetensors"),
-             "--data", "fashion-mnist", "--json", eval_json, "--print-freq", "0", "--amp", args.amp,
-             "--batch-size", "1000"] + (["--val-subset", "256"] if args.smoke else []),
-            os.path.join(args.out, f"{name}.log"))
+        tta_json = os.path.join(run_dir, "eval-hflip.json")
+        for tta, path in [("none", eval_json)] + ([("hflip", tta_json)] if args.tta else []):
+            run([sys.executable, "-m", "vssm", "eval", "--checkpoint", os.path.join(run_dir, "model.safetensors"),
+                 "--data", "fashion-mnist", "--json", path, "--print-freq", "0", "--amp", args.amp,
+                 "--batch-size", "1000", "--tta", tta] + (["--val-subset", "256"] if args.smoke else []),
+                os.path.join(args.out, f"{name}.log"))
         summary = json.load(open(os.path.join(run_dir, "summary.json")))
         metrics = json.load(open(eval_json))
         last = summary["history"][-1]
@@ -327,6 +337,7 @@ def main() -> int:
             "acc5": metrics["acc5"],
             "loss": metrics["loss"],
             "acc1_raw": summary["final_model"]["acc1"],
+            "acc1_hflip": json.load(open(tta_json))["acc1"] if args.tta else None,
             "best_acc1": summary["best"]["acc1"],
             "nonfinite_losses": summary["nonfinite_losses"],
             "n_images": metrics["n_images"],

@@ -33,7 +33,7 @@ TINY = ["--model", "vmamba_femto", "--model-kwargs", '{"dims": [16, 32, 64], "de
         "--img-size", "28", "--train-subset", "256", "--val-subset", "200", "--batch-size", "32", "--epochs", "2",
         "--warmup-epochs", "0.5", "--lr-base-batch", "0", "--translate", "2", "--hflip", "0.5", "--reprob", "0.25",
         "--no-tensorboard", "--progress", "log", "--log-interval", "4", "--deterministic", "--seed", "3",
-        "--save-every-epochs", "1"]
+        "--save-every-epochs", "1", "--drop-path", "0"]
 
 
 def _env(**extra):
@@ -127,6 +127,44 @@ def test_eval_json_and_log_lines(reference_run, tmp_path, capsys):
     assert main(["eval", "--model", "vmamba_femto", "--checkpoint", str(out / "checkpoints" / "last.pth"),
                  "--weights", "model", "--data", "fashion-mnist", "--val-subset", "200", "--print-freq", "0"]) == 0
     assert f" * Acc@1 {summary['final_model']['acc1']:.3f} " in capsys.readouterr().out
+
+
+def test_eval_flip_tta_is_the_mean_of_probabilities(reference_run, tmp_path):
+    """`vssm eval --tta hflip` scores each image by the mean of the class probabilities of the image and of its
+    mirror image; the loss is the cross-entropy of that mean. Checked against the computation written out."""
+    import torch.nn.functional as F
+
+    from vssm.cli import main
+    from vssm.train.distributed import DistInfo
+    from vssm.train.engine import UsageError, evaluate
+
+    torch.manual_seed(1)
+    model = vssm.create_model("vmamba_femto", num_classes=10, in_chans=1, dims=[16, 32, 64], depths=[1, 1, 1])
+    vssm.load_checkpoint(model, str(reference_run / "model.safetensors"))
+    model.eval()
+    x, y = torch.randn(12, 1, 28, 28), torch.randint(0, 10, (12,))
+    loader = [(x[:7], y[:7]), (x[7:], y[7:])]  # two batches of different sizes
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        logits, mirrored = model(x), model(x.flip(-1))
+    mean = (logits.softmax(-1) + mirrored.softmax(-1)) / 2
+    got = evaluate(model, loader, cpu, DistInfo(), tta="hflip")
+    assert got["n_images"] == 12
+    assert got["acc1"] == pytest.approx(100 * (mean.argmax(-1) == y).float().mean().item())
+    assert got["loss"] == pytest.approx(-mean[torch.arange(12), y].log().mean().item(), rel=1e-5)
+    plain = evaluate(model, loader, cpu, DistInfo())
+    assert plain["loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert abs(plain["loss"] - got["loss"]) > 1e-4  # the mirror images were used
+    with pytest.raises(UsageError, match="test-time augmentation 'vflip'"):
+        evaluate(model, loader, cpu, DistInfo(), tta="vflip")
+    # the command line: --tta is recorded in the JSON, and an unknown mode is refused by the parser
+    result = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(reference_run / "model.safetensors"), "--val-subset", "200",
+                 "--print-freq", "0", "--tta", "hflip", "--json", str(result)]) == 0
+    metrics = json.loads(result.read_text())
+    assert metrics["tta"] == "hflip" and metrics["n_images"] == 200
+    with pytest.raises(SystemExit):
+        main(["eval", "--checkpoint", str(reference_run / "model.safetensors"), "--tta", "vflip"])
 
 
 @pytest.mark.parametrize("fault", ["kill-at-step=11", "kill-in-save=4"])
@@ -264,7 +302,7 @@ def test_train_with_cuda_graphs_follows_the_eager_run(tmp_path):
     graphs' warm-up passes draw nothing from the RNG; fp32, so only float rounding separates the two)."""
     summaries = {}
     for name, extra in (("eager", []), ("graphs", ["--cuda-graphs"])):
-        vssm_cmd("train", *TINY, "--device", "cuda", "--drop-path", "0", "--amp", "none", "--output",
+        vssm_cmd("train", *TINY, "--device", "cuda", "--amp", "none", "--output",
                  str(tmp_path / name), *extra)
         summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
     eager, graphs = summaries["eager"], summaries["graphs"]

@@ -40,7 +40,7 @@ from .checkpointing import (
     remove_stale_temp_files,
     restore_rng,
 )
-from .config import default_output
+from .config import TTA_MODES, default_output
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
 
 __all__ = ["build_model", "evaluate", "train", "amp_dtype", "Logger", "UsageError"]
@@ -127,12 +127,18 @@ def evaluate(
     log: Optional[Callable[[str], None]] = None,
     print_freq: int = 0,
     channels_last: bool = False,
+    tta: str = "none",
 ) -> Dict[str, float]:
     """Top-1 / top-5 accuracy (percent) and mean cross-entropy over the whole split, summed over ranks.
+
+    ``tta="hflip"`` scores each image by the mean of the class probabilities of the image and of its mirror image
+    (test-time augmentation; the loss is the cross-entropy of that mean).
 
     With ``print_freq`` > 0, prints progress lines in the official log's format
     (``Test: [390/391]  Time ...  Loss ...  Acc@1 82.492 (...)  Acc@5 ...``); the caller prints the `*` line.
     """
+    if tta not in TTA_MODES:
+        raise UsageError(f"unknown test-time augmentation {tta!r}; choose from {', '.join(TTA_MODES)}")
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
@@ -144,7 +150,11 @@ def evaluate(
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(x)
+            flipped = model(x.flip(-1)) if tta == "hflip" else None
         logits = logits.float()
+        if flipped is not None:
+            # log of the mean of the two probability vectors
+            logits = torch.logaddexp(logits.log_softmax(-1), flipped.float().log_softmax(-1)) - math.log(2.0)
         loss = F.cross_entropy(logits, y, reduction="sum")
         top1, top5 = _count_topk(logits, y)
         batch = torch.stack([loss.double(), top1.double(), top5.double(), torch.tensor(len(y), device=device, dtype=torch.float64)])

@@ -16,6 +16,7 @@ import time
 from typing import Any, Dict, Optional
 
 from ..checkpoint import CheckpointError
+from .config import TTA_MODES
 
 __all__ = ["add_arguments", "main", "run_eval", "checkpoint_metadata"]
 
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-subset", type=int, default=None, help="evaluate on this many images only")
     parser.add_argument("--limit-val-batches", type=int, default=None)
     parser.add_argument("--workers", type=int, default=4, help="data loader workers (ImageFolder)")
+    parser.add_argument("--tta", default="none", choices=list(TTA_MODES),
+                        help="test-time augmentation: hflip scores each image by the mean of the class probabilities "
+                        "of the image and its mirror image (two forward passes)")
     parser.add_argument("--print-freq", type=int, default=10, help="batches between progress lines (0: none)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
@@ -116,6 +120,7 @@ def run_eval(
     device: str = "auto",
     threads: Optional[int] = None,
     json_path: Optional[str] = None,
+    tta: str = "none",
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint; returns (and optionally writes as JSON) the metrics."""
     from ..checkpoint import load_checkpoint
@@ -169,10 +174,11 @@ def run_eval(
         log(f"vssm eval: {model_name} ({n_params / 1e6:.2f}M params) from {checkpoint} [{key}] on {info.name} val "
             f"({loader.num_samples} images, {info.img_size}px), {dist.world_size} process(es) on {dist.device}")
         t0 = time.perf_counter()
-        metrics = evaluate(model, loader, dist.device, dist, amp_dtype(amp, dist.device), log=log, print_freq=print_freq)
+        metrics = evaluate(model, loader, dist.device, dist, amp_dtype(amp, dist.device), log=log, print_freq=print_freq,
+                           tta=tta)
         seconds = time.perf_counter() - t0
-        log(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f}")
-        result = dict(metrics, model=model_name, checkpoint=os.path.abspath(checkpoint), weights=key,
+        log(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f}" + (f" (tta {tta})" if tta != "none" else ""))
+        result = dict(metrics, tta=tta, model=model_name, checkpoint=os.path.abspath(checkpoint), weights=key,
                       data=info.name, img_size=info.img_size, seconds=seconds)
         if json_path and dist.is_main:
             atomic_write(json_path, json.dumps(result, indent=2).encode())
@@ -191,7 +197,7 @@ def main(args: argparse.Namespace) -> int:
             args.checkpoint, args.model, args.data, args.img_size, args.batch_size, args.weights, args.checkpoint_key,
             args.model_kwargs, args.in_chans, args.num_classes, args.amp, args.crop_pct, args.interpolation,
             args.fit, args.val_subset, args.limit_val_batches, args.workers, args.print_freq, args.device,
-            args.threads, args.json,
+            args.threads, args.json, args.tta,
         )
     except (DataError, CheckpointError, FileNotFoundError, NotADirectoryError, UsageError) as err:
         print(f"vssm eval: error: {err}", file=sys.stderr)

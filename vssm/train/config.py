@@ -11,7 +11,8 @@ import copy
 import json
 from typing import Any, Dict, List, Optional
 
-__all__ = ["DEFAULTS", "PRESETS", "TTA_MODES", "add_train_arguments", "resolve_config", "describe_presets", "is_fashion_mnist"]
+__all__ = ["DEFAULTS", "PRESETS", "TTA_MODES", "add_train_arguments", "resolve_config", "describe_presets",
+           "is_fashion_mnist"]
 
 FASHION_MNIST_NAMES = ("fashion-mnist", "fashion_mnist", "fashionmnist", "fmnist")
 TTA_MODES = ("none", "hflip")  # test-time augmentation of evaluation (`vssm eval --tta`)

@@ -65,8 +65,11 @@ def _swin_kwargs(img: int) -> dict:
                 num_heads=[3, 6, 12, 24])
 
 
+VSSM_FAMILIES = ("vmamba", "vanilla_vmamba", "msvmamba", "vim")  # the table lists vssm's rows first
+
 MODELS = {
     "vmamba_nano": ("vmamba_nano", lambda img: {}),
+    "msvmambav3_nano": ("msvmambav3_nano", lambda img: {}),
     "vmamba_femto": ("vmamba_femto", lambda img: {}),
     "resnet18": ("resnet18", lambda img: {}),
     "convnext_atto": ("convnext_atto", lambda img: {}),
@@ -93,6 +96,21 @@ def run(cmd: List[str], log_path: str, timeout: Optional[float] = None, allow_st
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}); see {log_path}")
     return time.perf_counter() - t0
+
+
+def parse_variant(spec: str):
+    """``NAME=MODEL[:JSON]`` -> (name, model, constructor kwargs)."""
+    name, sep, rest = spec.partition("=")
+    model, _, kwargs = rest.partition(":")
+    if not (sep and name and model):
+        raise SystemExit(f"--variant must be NAME=MODEL[:JSON], got {spec!r}")
+    try:
+        kwargs = json.loads(kwargs) if kwargs else {}
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--variant {name}: the constructor arguments are not JSON ({e})")
+    if not isinstance(kwargs, dict):
+        raise SystemExit(f"--variant {name}: the constructor arguments must be a JSON object, got {kwargs!r}")
+    return name, model, kwargs
 
 
 def train_cmd(args, name: str, out_dir: str, epochs: int, extra: List[str], resumable: bool = False) -> List[str]:
@@ -167,12 +185,12 @@ def _pct(value: Optional[float]) -> str:
 
 
 def write_tables(out: str, rows: List[dict], plan: dict) -> None:
-    rows = sorted(rows, key=lambda r: (not r["model_name"].startswith("vmamba"), r["model_name"]))
+    rows = sorted(rows, key=lambda r: (not r["model"].startswith(VSSM_FAMILIES), r["model_name"]))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump({"plan": plan, "rows": rows}, f, indent=2)
     lines = [
         f"Fashion-MNIST test top-1 (10,000 images), trained from scratch with `vssm train --preset {plan['preset']}` "
-        f"for {plan['epochs']} epochs at {plan['img_size']}px, amp {plan['amp']}, "
+        f"for {plan['epochs']} epochs{'' if isinstance(plan['epochs'], int) else ' (per row: the epochs column)'} at {plan['img_size']}px, amp {plan['amp']}, "
         f"{'torch.compile mode ' + plan['compile_mode'] if plan.get('compile_mode') else 'eager'}"
         f"{', train args `' + plan['train_args'] + '`' if plan.get('train_args') else ''}, "
         f"on {plan.get('device', '?')} (torch {plan.get('torch', '?')}); EMA weights evaluated by `vssm eval`. "
@@ -211,7 +229,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--models", default="vmamba_nano,resnet18,convnext_atto,swin_nano",
-                   help=f"comma-separated, from {sorted(MODELS)}")
+                   help=f"comma-separated, from {sorted(MODELS)} and the --variant names")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=MODEL[:JSON]",
+                   help="another entry for --models: a registered model with constructor arguments, e.g. "
+                        "'nano444=vmamba_nano:{\"depths\": [4, 4, 4]}' (repeatable)")
     p.add_argument("--preset", default="fashion-mnist")
     p.add_argument("--img-size", type=int, default=64, help="input size for every model (the preset's: 64)")
     p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
@@ -259,6 +280,7 @@ def main() -> int:
         epochs = {r["epochs"] for r in rows}
         if len(epochs) > 1:
             print(f"warning: the merged rows were trained for different epochs: {sorted(epochs)}")
+            plan["epochs"] = "/".join(str(e) for e in sorted(epochs))
         write_tables(args.out, rows, plan)
         print(open(os.path.join(args.out, "results.md")).read())
         return 0
@@ -267,6 +289,9 @@ def main() -> int:
                          "OUT (with the probe's plan) need not survive between commands")
     if args.data_dir:
         os.environ["VSSM_FASHION_MNIST_DIR"] = os.path.abspath(args.data_dir)
+    for spec in args.variant:
+        name, model, kwargs = parse_variant(spec)
+        MODELS[name] = (model, lambda img, kwargs=kwargs: dict(kwargs))
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     for n in names:
         if n not in MODELS:

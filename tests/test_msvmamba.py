@@ -21,6 +21,7 @@ RELEASED = [
     "msvmamba_nano", "msvmamba_micro", "msvmamba_tiny",
     "msvmambav3_tiny_224", "msvmambav3_small_224", "msvmambav3_base_224",
 ]
+VSSM_ADDITIONS = ["msvmambav3_nano"]  # vssm's own small configurations, no official weights
 
 
 def fixture_model(name, **overrides):
@@ -39,8 +40,8 @@ def small(generation=3, **kw):
 
 
 def test_all_six_registered():
-    assert set(vssm.list_models("msvmamba")) == set(RELEASED)
-    assert set(RELEASED) <= set(timm.list_models("*msvmamba*"))
+    assert set(vssm.list_models("msvmamba")) == set(RELEASED + VSSM_ADDITIONS)
+    assert set(RELEASED + VSSM_ADDITIONS) <= set(timm.list_models("*msvmamba*"))
     assert "msvmamba" in vssm.list_families()
 
 
@@ -88,6 +89,26 @@ def test_released_keys_shapes_and_parameter_counts(name):
     with torch.device("meta"):
         built = vssm.build_official("msvmamba", **official["constructor_args"])
     assert [[k, list(v.shape)] for k, v in built.state_dict().items()] == official["state_dict"]
+
+
+def test_nano_is_the_official_generation_3_network_at_a_small_shape():
+    """msvmambav3_nano (a vssm addition) is what the official generation-3 constructor builds with the released
+    tiny's arguments and dims 96-192-384, depths 2-4-4: the same keys, shapes and function, on 28 px, 64 px and
+    non-square 1-channel images."""
+    nano = timm.create_model("msvmambav3_nano", in_chans=1, num_classes=10).eval()
+    assert nano.generation == 3 and nano.pretrained_cfg["input_size"] == (3, 64, 64)
+    assert 9e6 < sum(p.numel() for p in nano.parameters()) <= 10e6  # issue 4's budget: at most 10M parameters
+    blocks = [b for layer in nano.layers for b in layer.blocks]
+    assert len(blocks) == 10 and blocks[-1].drop_path.drop_prob == pytest.approx(0.2)
+    args = dict(load_keys("msvmambav3_tiny_224")["constructor_args"], dims=[96, 192, 384], depths=[2, 4, 4],
+                in_chans=1, num_classes=10, drop_path_rate=0.2)
+    official = vssm.build_official("msvmamba", **args).eval()
+    assert [(k, v.shape) for k, v in official.state_dict().items()] == [(k, v.shape) for k, v in nano.state_dict().items()]
+    official.load_state_dict(nano.state_dict())
+    for size in [(28, 28), (64, 64), (40, 56)]:
+        x = torch.randn(2, 1, *size)
+        torch.testing.assert_close(nano(x), official(x), rtol=0, atol=0)
+        assert nano(x).shape == (2, 10)
 
 
 def test_generation_is_told_apart_like_the_fixtures():

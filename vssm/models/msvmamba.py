@@ -231,6 +231,7 @@ default_cfgs = generate_default_cfgs(
         "msvmambav3_tiny_224.in1k": _cfg(hf_hub_id=_HF, hf_hub_filename="msvmambav3_tiny_224.pth"),
         "msvmambav3_small_224.in1k": _cfg(hf_hub_id=_HF, hf_hub_filename="msvmambav3_small_224.pth"),
         "msvmambav3_base_224.in1k": _cfg(hf_hub_id=_HF, hf_hub_filename="msvmambav3_base_224.pth"),
+        "msvmambav3_nano.untrained": _cfg(input_size=(3, 64, 64), pool_size=(4, 4), crop_pct=1.0, num_classes=10),
     }
 )
 
@@ -298,3 +299,15 @@ def msvmambav3_base_224(pretrained: bool = False, **kwargs) -> MSVSSM:
     """MSVMambav3-B (generation 3, vms: gated), 90.6M params, 16.3 GFLOPs, 84.4%."""
     config = dict(_GEN3, forward_type="vms", dims=128, depths=[2, 4, 18, 2], drop_path_rate=0.5)
     return _create("msvmambav3_base_224", pretrained, config, kwargs)
+
+
+# vssm addition (NOT an official release, no weights): the generation-3 block at vmamba_nano's size, for small images.
+# Chosen by measurement (benchmarks/results/fashion-mnist.md): on Fashion-MNIST at 64 px it beat vmamba_nano and two
+# deeper vmamba_nano shapes at the same parameter count; train it with `vssm train`.
+@register_vssm_model("msvmamba")
+def msvmambav3_nano(pretrained: bool = False, **kwargs) -> MSVSSM:
+    """vssm addition (not an official release): the MSVMambav3 block (multi-scale scan, SE, ConvFFN; vms_noz) with
+    vmamba_nano's shape: dims 96-192-384, depths 2-4-4, v2 patch-4 stem, three stages; 9.1M params. For 32-64 px
+    inputs (the Fashion-MNIST benchmark's model)."""
+    config = dict(_GEN3, forward_type="vms_noz", dims=[96, 192, 384], depths=[2, 4, 4], drop_path_rate=0.2)
+    return _create("msvmambav3_nano", pretrained, config, kwargs)

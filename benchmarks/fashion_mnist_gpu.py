@@ -190,7 +190,8 @@ def write_tables(out: str, rows: List[dict], plan: dict) -> None:
         json.dump({"plan": plan, "rows": rows}, f, indent=2)
     lines = [
         f"Fashion-MNIST test top-1 (10,000 images), trained from scratch with `vssm train --preset {plan['preset']}` "
-        f"for {plan['epochs']} epochs{'' if isinstance(plan['epochs'], int) else ' (per row: the epochs column)'} at {plan['img_size']}px, amp {plan['amp']}, "
+        f"for {plan['epochs']} epochs{'' if isinstance(plan['epochs'], int) else ' (per row: the epochs column)'} "
+        f"at {plan['img_size']}px, amp {plan['amp']}, "
         f"{'torch.compile mode ' + plan['compile_mode'] if plan.get('compile_mode') else 'eager'}"
         f"{', train args `' + plan['train_args'] + '`' if plan.get('train_args') else ''}, "
         f"on {plan.get('device', '?')} (torch {plan.get('torch', '?')}); EMA weights evaluated by `vssm eval`. "

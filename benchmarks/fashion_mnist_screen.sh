@@ -24,12 +24,14 @@ VARIANTS=(
 for v in "${VARIANTS[@]}"; do
   n=${v%%=*}
   if [ -n "$ONLY" ] && [[ " $ONLY " != *" $n "* ]]; then continue; fi
-  python3 benchmarks/fashion_mnist_gpu.py --out "$W/$n" --runs-dir build/screen-runs --data-dir "$VSSM_FASHION_MNIST_DIR" \
-    --models "$n" --variant "$v" --epochs "$EPOCHS" --stop-after-minutes "$STOP" --compile-mode reduce-overhead \
-    --train-args "--eval-every 8" > "$W/$n.driver.log" 2>&1 &
+  python3 benchmarks/fashion_mnist_gpu.py --out "$W/$n" --runs-dir build/screen-runs \
+    --data-dir "$VSSM_FASHION_MNIST_DIR" --models "$n" --variant "$v" --epochs "$EPOCHS" \
+    --stop-after-minutes "$STOP" --compile-mode reduce-overhead --train-args "--eval-every 8" \
+    > "$W/$n.driver.log" 2>&1 &
 done
 if [ -n "${GPU_TESTS:-}" ]; then
-  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 tests/ > "$W/gpu-tests.log" 2>&1
+  timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 tests/ \
+    > "$W/gpu-tests.log" 2>&1
   echo "gpu tests rc=$?" >> "$W/gpu-tests.log"
   tail -25 "$W/gpu-tests.log"
 fi
@@ -46,5 +48,6 @@ for line in sys.stdin:
   tail -3 "$W/$n.driver.log"
 done
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/screen.tgz" "$W" build/screen-runs/*/log.jsonl build/screen-runs/*/summary.json build/screen-runs/*/eval*.json 2>/dev/null
+  tar czf "$OUT/screen.tgz" "$W" build/screen-runs/*/log.jsonl build/screen-runs/*/summary.json \
+    build/screen-runs/*/eval*.json 2>/dev/null
 fi

@@ -103,7 +103,8 @@ def test_nano_is_the_official_generation_3_network_at_a_small_shape():
     args = dict(load_keys("msvmambav3_tiny_224")["constructor_args"], dims=[96, 192, 384], depths=[2, 4, 4],
                 in_chans=1, num_classes=10, drop_path_rate=0.2)
     official = vssm.build_official("msvmamba", **args).eval()
-    assert [(k, v.shape) for k, v in official.state_dict().items()] == [(k, v.shape) for k, v in nano.state_dict().items()]
+    assert [(k, v.shape) for k, v in official.state_dict().items()] == [
+        (k, v.shape) for k, v in nano.state_dict().items()]
     official.load_state_dict(nano.state_dict())
     for size in [(28, 28), (64, 64), (40, 56)]:
         x = torch.randn(2, 1, *size)

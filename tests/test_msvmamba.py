@@ -39,7 +39,7 @@ def small(generation=3, **kw):
     return vssm.build_official("msvmamba", **args)
 
 
-def test_all_six_registered():
+def test_released_models_and_vssm_additions_are_registered():
     assert set(vssm.list_models("msvmamba")) == set(RELEASED + VSSM_ADDITIONS)
     assert set(RELEASED + VSSM_ADDITIONS) <= set(timm.list_models("*msvmamba*"))
     assert "msvmamba" in vssm.list_families()

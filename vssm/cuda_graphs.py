@@ -1,8 +1,9 @@
 """CUDA graphs for eager training: a model's ``forward_features`` and its backward replayed as two captured graphs.
 
 Why: on an H100 an eager VMamba training step is bound by the host (Python, autograd, and the set-up and launch of
-every kernel), not by its GPU work, which is shorter than Swin-T's (benchmarks/results/gpu-2026-11-22.md, Update 8). Replaying the trunk's forward and backward as
-CUDA graphs leaves the host two launches and a few copies per step, without torch.compile's compilation.
+every kernel), not by its GPU work, which is shorter than Swin-T's (benchmarks/results/gpu-2026-11-22.md, Update 8).
+Replaying the trunk's forward and backward as CUDA graphs leaves the host two launches and a few copies per step,
+without torch.compile's compilation.
 
 :func:`enable_cuda_graphs` works on any model with ``forward_features`` (vssm's and timm's). The graphs serve training
 calls only (CUDA input, ``model.training``, grad enabled); every other call runs the model's own code. They are

@@ -174,8 +174,8 @@ def run_eval(
         log(f"vssm eval: {model_name} ({n_params / 1e6:.2f}M params) from {checkpoint} [{key}] on {info.name} val "
             f"({loader.num_samples} images, {info.img_size}px), {dist.world_size} process(es) on {dist.device}")
         t0 = time.perf_counter()
-        metrics = evaluate(model, loader, dist.device, dist, amp_dtype(amp, dist.device), log=log, print_freq=print_freq,
-                           tta=tta)
+        metrics = evaluate(model, loader, dist.device, dist, amp_dtype(amp, dist.device), log=log,
+                           print_freq=print_freq, tta=tta)
         seconds = time.perf_counter() - t0
         log(f" * Acc@1 {metrics['acc1']:.3f} Acc@5 {metrics['acc5']:.3f}" + (f" (tta {tta})" if tta != "none" else ""))
         result = dict(metrics, tta=tta, model=model_name, checkpoint=os.path.abspath(checkpoint), weights=key,

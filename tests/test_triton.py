@@ -148,6 +148,7 @@ def test_layer_norm_autograd_kernels_match_pytorch(channels, out_dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the LayerNorm kernels serve CUDA tensors only")
+@pytest.mark.gpu
 def test_layer_norm_dispatch_on_cuda(monkeypatch):
     """Eager autograd records the kernels' Function from GRAD_KERNEL_MIN_ELEMENTS on and PyTorch's op below,
     no-grad calls launch the kernel alone, meta tensors (FLOP counting) get PyTorch's op."""

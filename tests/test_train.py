@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 import vssm
 from conftest import requires_cuda
@@ -392,6 +393,10 @@ def test_clear_errors(tmp_path, capsys):
     assert code == 2 and "unknown model" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--stop-after-minutes", "-1")
     assert code == 2 and "--stop-after-minutes must be >= 0" in err
+    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "-0.05")
+    assert code == 2 and "--sam-rho must be >= 0" in err
+    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "0.05", "--sam-start-epoch", "0")
+    assert code == 2 and "--sam-start-epoch counts from 1" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--cuda-graphs", "--compile")
     assert code == 2 and "exclude each other" in err
     code, err = _cli(capsys, "train", *TINY, "--device", "cpu", "--cuda-graphs", "--output", str(tmp_path / "g"))
@@ -425,6 +430,62 @@ def test_weight_decay_groups():
     assert any(n.endswith("A_logs") for n in official) and any(n.endswith("dt_projs_bias") for n in official)
     assert not any(n.endswith(("Ds", ".bias")) for n in official)
     assert ours | {n for n in official if n.endswith(("A_logs", "dt_projs_bias"))} == official
+
+
+def test_train_with_sam_steps_from_the_perturbed_point(tmp_path, monkeypatch):
+    """--sam-rho: from --sam-start-epoch on, every step runs a second forward on the same batch at the perturbed
+    weights, and the optimizer steps from the restored weights with exactly that pass's gradient, recomputed here
+    independently (the update rule itself: tests/test_sam.py); the epochs before take plain steps."""
+    from vssm.cli import main
+    from vssm.train import engine
+
+    calls = []  # (model, input) of every training forward of the model
+    targets = []  # what the loss was given
+
+    real_call, real_loss, real_step = nn.Module.__call__, nn.CrossEntropyLoss.forward, torch.optim.AdamW.step
+
+    def recording_call(module, *args, **kwargs):
+        if module.training and hasattr(module, "forward_features") and torch.is_grad_enabled():
+            calls.append((module, args[0].detach().clone()))
+        return real_call(module, *args, **kwargs)
+
+    def recording_loss(criterion, logits, target):
+        targets.append(target.clone())
+        return real_loss(criterion, logits, target)
+
+    events = []
+
+    class Recording(engine.SharpnessAware):
+        def restore(self):
+            model, x = calls[-1]
+            with torch.enable_grad():
+                loss = nn.functional.cross_entropy(real_call(model, x).float(), targets[-1], label_smoothing=0.1)
+                expected = torch.autograd.grad(loss, self.params)
+            for p, g in zip(self.params, expected):
+                torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+            events.append(("restore", {id(p): p.grad.clone() for p in self.params}))
+            super().restore()
+
+    def recording_step(opt, *args, **kwargs):
+        events.append(("step", {id(p): p.grad.clone() for g in opt.param_groups for p in g["params"]}))
+        return real_step(opt, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "SharpnessAware", Recording)
+    monkeypatch.setattr(nn.Module, "__call__", recording_call)
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", recording_loss)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    args = ["train", *TINY, "--epochs", "2", "--limit-train-batches", "3", "--no-plot", "--progress", "none",
+            "--threads", "1", "--amp", "none", "--clip-grad", "0", "--smoothing", "0.1", "--sam-rho", "0.5",
+            "--sam-start-epoch", "2", "--output", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert [kind for kind, _ in events] == ["step"] * 3 + ["restore", "step"] * 3
+    assert len(calls) == 3 + 6 and len(targets) == 3 + 6
+    for i in range(3):
+        first, second = 3 + 2 * i, 4 + 2 * i
+        assert torch.equal(calls[first][1], calls[second][1]) and torch.equal(targets[first], targets[second])
+        sharp, step = events[3 + 2 * i][1], events[4 + 2 * i][1]
+        assert step.keys() == sharp.keys() and all(torch.equal(step[k], sharp[k]) for k in step)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["sam_rho"] == 0.5
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch, capsys):

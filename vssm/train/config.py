@@ -75,6 +75,8 @@ DEFAULTS: Dict[str, Any] = dict(
     opt_betas=[0.9, 0.999],
     momentum=0.9,
     clip_grad=None,
+    sam_rho=0.0,  # 0: plain steps; > 0: sharpness-aware minimisation with this radius (two passes per step)
+    sam_start_epoch=1,  # SAM from this epoch on (counting from 1): late SAM for a share of the cost
     wd_ssm=False,  # False: no weight decay on what model.no_weight_decay() declares (A_logs, Ds, dt biases)
     sched="cosine",
     amp="auto",
@@ -295,6 +297,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _opt(g, "opt-betas", "optimizer betas", type=float, nargs=2)
     _opt(g, "momentum", "SGD momentum", type=float)
     _opt(g, "clip-grad", "clip the global gradient L2 norm to this (0 or omitted: off)", type=float)
+    _opt(g, "sam-rho", "sharpness-aware minimisation (SAM): step with the gradient at the sharpest point within this L2 "
+         "radius of the weights, e.g. 0.05; two forward/backward passes per step (0: off)", type=float)
+    _opt(g, "sam-start-epoch", "with --sam-rho: plain steps before this epoch (counting from 1), SAM from it on; SAM "
+         "late in training finds most of its flatter minimum for a share of the cost (default 1: every epoch)", type=int)
     _bool(g, "wd-ssm", "apply weight decay to the SSM parameters model.no_weight_decay() declares (A_logs, dt biases) "
           "like the official code; default: exclude them (norms, biases and pos_embed are never decayed)")
     _opt(g, "sched", "learning-rate schedule: cosine (with warm-up) or constant", choices=["cosine", "constant"])
@@ -348,6 +354,10 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
             cfg[key] = [float(v) for v in cfg[key]]
     if cfg.get("stop_after_minutes") is not None and cfg["stop_after_minutes"] < 0:
         raise ValueError(f"--stop-after-minutes must be >= 0, got {cfg['stop_after_minutes']:g}")
+    if not (cfg.get("sam_rho") or 0) >= 0:
+        raise ValueError(f"--sam-rho must be >= 0 (0 turns SAM off), got {cfg['sam_rho']:g}")
+    if cfg.get("sam_start_epoch") is not None and cfg["sam_start_epoch"] < 1:
+        raise ValueError(f"--sam-start-epoch counts from 1, got {cfg['sam_start_epoch']}")
     if cfg.get("cuda_graphs") and cfg.get("compile"):
         raise ValueError("--cuda-graphs and --compile exclude each other; for CUDA graphs under torch.compile use "
                          "--compile --compile-mode reduce-overhead")

@@ -42,6 +42,7 @@ from .checkpointing import (
 )
 from .config import TTA_MODES, default_output
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
+from .sam import SharpnessAware
 
 __all__ = ["build_model", "evaluate", "train", "amp_dtype", "Logger", "UsageError"]
 
@@ -348,7 +349,7 @@ def _merge_resumed_config(saved: Dict[str, Any], cfg: Dict[str, Any], given: Dic
         if key in ("preset",):
             continue
         if merged.get(key) != value:
-            if key not in RUN_KEYS:
+            if key not in RUN_KEYS | INVOCATION_KEYS:
                 log(f"note: {key} changed from the checkpoint's {merged.get(key)!r} to {value!r}; the run will differ "
                     f"from an uninterrupted one")
             merged[key] = value
@@ -547,6 +548,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             f"{steps_per_epoch} steps per epoch: the data, batch size or number of processes changed"
         )
 
+    sam = SharpnessAware(model.parameters(), cfg["sam_rho"]) if cfg.get("sam_rho") else None
+    sam_start_epoch = int(cfg.get("sam_start_epoch") or 1)
     outputs = _Outputs(cfg, out_dir, global_step if state is not None else None, history, dist.is_main, log)
     if dist.is_main:
         atomic_write(os.path.join(out_dir, "config.json"), json.dumps(cfg, indent=2, sort_keys=True).encode())
@@ -556,7 +559,9 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         f"{info.num_classes} classes), preset {cfg.get('preset')}")
     log(f"  {mode} on {device}, global batch {global_batch}, {steps_per_epoch} steps/epoch x {epochs} epochs, "
         f"lr {lrs['lr']:.3g} (warm-up {warmup_steps} steps), amp {str(amp).replace('torch.', '') if amp else 'none'}, "
-        f"ema {'%.4g' % cfg['ema_decay'] if ema is not None else 'off'}, output {out_dir}")
+        f"ema {'%.4g' % cfg['ema_decay'] if ema is not None else 'off'}"
+        f"{', sam rho %g from epoch %d' % (cfg['sam_rho'], sam_start_epoch) if sam is not None else ''}, "
+        f"output {out_dir}")
 
     progress = _Progress(cfg.get("progress", "auto"), log, dist.is_main)
     log_interval = max(1, int(cfg.get("log_interval") or 50))
@@ -632,6 +637,13 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
                 loss = criterion(out.float(), target)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if sam is not None and epoch + 1 >= sam_start_epoch:
+                sam.ascend()
+                optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    sharp_loss = criterion(train_model(x).float(), target)
+                scaler.scale(sharp_loss).backward()
+                sam.restore()
             if clip:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

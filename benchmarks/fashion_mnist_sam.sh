@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Late sharpness-aware minimisation on Fashion-MNIST (benchmarks/results/fashion-mnist.md, "Late SAM"): a plain run
+# Late sharpness-aware minimisation on Fashion-MNIST (benchmarks/results/fashion-mnist.md, "late sharpness-aware
+# minimisation"): a plain run
 # of MODEL for EPOCHS epochs with the `fashion-mnist` preset (the control), and, from its checkpoint after
 # SAM_START - 1 epochs, one continuation per radius in RHOS that takes SAM steps (`--sam-rho R --sam-start-epoch
 # SAM_START`) for the remaining epochs. A continuation is what one run with those flags would do (same checkpoint,

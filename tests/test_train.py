@@ -298,16 +298,19 @@ def test_normalisation_per_channel_and_checked():
 
 @requires_cuda
 @pytest.mark.gpu
-def test_train_with_cuda_graphs_follows_the_eager_run(tmp_path):
-    """`--cuda-graphs` replays every training step and trains like the eager run (no stochastic depth, so the
-    graphs' warm-up passes draw nothing from the RNG; fp32, so only float rounding separates the two)."""
+@pytest.mark.parametrize("sam", [[], ["--sam-rho", "0.1"]], ids=["plain", "sam"])
+def test_train_with_cuda_graphs_follows_the_eager_run(tmp_path, sam):
+    """`--cuda-graphs` replays every training step (with SAM: both passes of each) and trains like the eager run
+    (no stochastic depth, so the graphs' warm-up passes draw nothing from the RNG; fp32, so only float rounding
+    separates the two)."""
     summaries = {}
     for name, extra in (("eager", []), ("graphs", ["--cuda-graphs"])):
         vssm_cmd("train", *TINY, "--device", "cuda", "--amp", "none", "--output",
-                 str(tmp_path / name), *extra)
+                 str(tmp_path / name), *sam, *extra)
         summaries[name] = json.loads((tmp_path / name / "summary.json").read_text())
     eager, graphs = summaries["eager"], summaries["graphs"]
-    assert graphs["cuda_graphs"] == {"captures": 1, "replays": graphs["global_step"]}
+    passes = 2 if sam else 1
+    assert graphs["cuda_graphs"] == {"captures": 1, "replays": passes * graphs["global_step"]}
     assert "cuda_graphs" not in eager
     for a, b in zip(eager["history"], graphs["history"]):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-3 * abs(a["train_loss"]), (a, b)

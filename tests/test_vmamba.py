@@ -214,15 +214,17 @@ def test_channel_first_override_keeps_the_function(norm_layer):
         vssm.build_official("vmamba", **dict(kwargs, norm_layer="bn"), channel_first=False)
 
 
-def test_linear2d_gemm_path_matches_the_convolution():
-    """Under autocast (or in bf16) a channels_last Linear2d runs as a GEMM over the channels: same numbers as the
-    1x1 convolution at bf16 precision, same layout, same gradients; fp32 keeps the convolution exactly."""
-    from vssm.layers import Linear2d
+@pytest.mark.parametrize("layer", ["Linear2d", "PointwiseConv2d"])
+def test_linear2d_gemm_path_matches_the_convolution(layer):
+    """Under autocast (or in bf16) a channels_last Linear2d (2-D weight) or PointwiseConv2d (the ConvFFN's 4-D
+    weight) runs as a GEMM over the channels: same numbers as the 1x1 convolution at bf16 precision, same layout,
+    same gradients; fp32 keeps the convolution exactly."""
+    import vssm.layers
 
     torch.manual_seed(0)
-    lin = Linear2d(24, 40)
+    lin = getattr(vssm.layers, layer)(24, 40)
     x = torch.randn(3, 24, 5, 7).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    ref = F.conv2d(x, lin.weight[:, :, None, None], lin.bias)
+    ref = F.conv2d(x, lin.weight.reshape(40, 24, 1, 1), lin.bias)
     assert torch.equal(lin(x), ref)
     g = torch.randn_like(ref)
     ref_grads = torch.autograd.grad(ref, (x, lin.weight, lin.bias), g)

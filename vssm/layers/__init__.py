@@ -3,6 +3,7 @@ from .common import (
     GatedMlp,
     LayerNorm2d,
     Linear2d,
+    PointwiseConv2d,
     Mlp,
     PatchMerging2D,
     Permute,

@@ -40,7 +40,7 @@ from torch import Tensor
 from ..ops.ms_scan import MS_FULL_RES, MS_LOW_RES, direction_merge, direction_scan
 from ..ops.selective_scan import selective_scan
 from ..ops.layer_norm import autocast_enabled
-from .common import LN_EPS, Mlp, GatedMlp, make_act, make_linear, make_norm
+from .common import LN_EPS, GatedMlp, Mlp, PointwiseConv2d, make_act, make_linear, make_norm
 
 __all__ = ["MS2D", "MS2DVariant", "ms2d_variant", "SEModule", "ConvFFN", "MSVSSBlock"]
 
@@ -106,10 +106,10 @@ class ConvFFN(nn.Module):
     def __init__(self, channels: int, expansion: int = 2, drop: float = 0.0):
         super().__init__()
         hidden = channels * expansion
-        self.linear1 = nn.Conv2d(channels, hidden, 1)
+        self.linear1 = PointwiseConv2d(channels, hidden)
         self.drop1 = nn.Dropout(drop)
         self.act = nn.GELU()
-        self.linear2 = nn.Conv2d(hidden, channels, 1)
+        self.linear2 = PointwiseConv2d(hidden, channels)
         self.drop2 = nn.Dropout(drop)
         self.dwc = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
 

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Late sharpness-aware minimisation on Fashion-MNIST (benchmarks/results/fashion-mnist.md, "late sharpness-aware
-# minimisation"): a plain run
-# of MODEL for EPOCHS epochs with the `fashion-mnist` preset (the control), and, from its checkpoint after
-# SAM_START - 1 epochs, one continuation per radius in RHOS that takes SAM steps (`--sam-rho R --sam-start-epoch
-# SAM_START`) for the remaining epochs. A continuation is what one run with those flags would do (same checkpoint,
-# same RNG states); its row's train time is the plain part's plus its own. The runs go one after another, each alone
-# on the GPU, so their times count. Each command does what fits in BUDGET seconds and stops at an epoch end; repeat
-# it on the same (warm) machine until every row is written:
+# minimisation"). First a plain run of MODEL for EPOCHS epochs with the `fashion-mnist` preset (the control); then,
+# from its checkpoint after SAM_START - 1 epochs, one continuation per radius in RHOS that takes SAM steps
+# (`--sam-rho R --sam-start-epoch SAM_START`) for the remaining epochs. A continuation is what one run with those
+# flags would do (same checkpoint, same RNG states); its row's train time is the plain part's plus its own. The runs
+# go one after another, each alone on the GPU, so their times count. Each command does what fits in BUDGET seconds
+# and stops at an epoch end; repeat it on the same (warm) machine until every row is written:
 #
 #   MODEL=vmamba_nano EPOCHS=200 SAM_START=151 RHOS="0.05 0.2" BUDGET=570 bash benchmarks/fashion_mnist_sam.sh
 #
@@ -32,7 +31,8 @@ train() {
   echo "== $name: $MODEL $* (${left}s left)"
   python3 benchmarks/fashion_mnist_gpu.py --out "$W/$name" --runs-dir "$R" --data-dir "$VSSM_FASHION_MNIST_DIR" \
     --models "$name" --variant "$name=$MODEL" --epochs "$EPOCHS" --stop-after-minutes "$minutes" \
-    ${COMPILE:+--compile-mode "$COMPILE"} $DRIVER_ARGS --tta --train-args "$TRAIN_ARGS --keep-last 1000 $*" >> "$W/$name.driver.log" 2>&1
+    ${COMPILE:+--compile-mode "$COMPILE"} $DRIVER_ARGS --tta --train-args "$TRAIN_ARGS --keep-last 1000 $*" \
+    >> "$W/$name.driver.log" 2>&1
   local rc=$?
   tail -2 "$W/$name.driver.log"
   if [ $rc -eq 75 ]; then exit 75; fi

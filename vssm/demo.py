@@ -2,9 +2,11 @@
 say where the checkpoint, weights, log and plot are.
 
 It is ``vssm train --preset fashion-mnist-cpu`` (``vmamba_femto``) followed by ``vssm eval`` of the exported
-weights. The number of epochs fits the machine: a few timed training steps estimate the epoch time, and the demo
-takes as many epochs (1 to ``--max-epochs``) as fit in ``--minutes`` of training, so a slow machine still finishes
-in time and a fast one gets a better model. ``--epochs N`` fixes the count instead.
+weights. The training fits the machine: it runs with ``--time-budget`` (``--minutes``), so it measures its own
+speed as it goes and takes as many whole epochs (1 to ``--max-epochs``) as fit, with the cosine schedule fitted to
+them; a slow machine still finishes in time and a fast one gets a better model. Before it starts, a few timed
+training steps estimate the epoch time: where the budget would leave most of an epoch unused, every epoch is
+shortened so that whole epochs fill it. ``--epochs N`` fixes the count instead (no budget).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default=os.path.join("runs", "demo"), help="output folder (default runs/demo)")
     parser.add_argument("--model", default=None, help="model (default: the fashion-mnist-cpu preset's)")
     parser.add_argument("--epochs", type=int, default=None, help="fix the number of epochs (default: fit --minutes)")
-    parser.add_argument("--minutes", type=float, default=7.5, help="training time to fit the epochs into (default 7.5)")
+    parser.add_argument("--minutes", type=float, default=7.5,
+                        help="training time (evaluations included) to fit the epochs into (default 7.5)")
     parser.add_argument("--max-epochs", type=int, default=6)
     parser.add_argument("--train-subset", type=int, default=None, help="train on this many images only")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -92,19 +95,26 @@ def main(args: argparse.Namespace) -> int:
     if args.epochs:
         cfg["epochs"] = args.epochs
     elif not args.resume:
-        # as many epochs as fit in --minutes; when the last one would not fit, every epoch is shortened instead
+        # the budget fits whole epochs as the run goes; when the estimate leaves most of an epoch unused, every
+        # epoch is shortened so that whole ones fill the time
         n_train = args.train_subset or 60000
         epoch_s = estimate_epoch_seconds(cfg, info.device, n_train)
         budget = args.minutes * 60 / epoch_s  # in epochs
-        cfg["epochs"] = max(1, min(args.max_epochs, math.ceil(budget - 0.15)))
+        expected = max(1, min(args.max_epochs, math.ceil(budget - 0.15)))
         steps = n_train // cfg["batch_size"]
-        if budget < cfg["epochs"]:
-            cfg["limit_train_batches"] = given["limit_train_batches"] = max(1, int(steps * budget / cfg["epochs"]))
+        if budget < expected:
+            cfg["limit_train_batches"] = given["limit_train_batches"] = max(1, int(steps * budget / expected))
         used = cfg.get("limit_train_batches") or steps
-        print(f"vssm demo: about {epoch_s:.0f} s per epoch here ({where}); {args.minutes:g} minutes of training fit "
-              f"{cfg['epochs']} epochs of {used} steps ({used * cfg['batch_size']:,} images)", flush=True)
+        cfg["epochs"], cfg["time_budget"] = args.max_epochs, args.minutes
+        given["time_budget"] = args.minutes
+        print(f"vssm demo: about {epoch_s:.0f} s per epoch here ({where}); {args.minutes:g} minutes of training should "
+              f"fit about {expected} epochs of {used} steps ({used * cfg['batch_size']:,} images); the run measures "
+              f"its own speed and fits the epochs (at most {args.max_epochs}) to the time", flush=True)
     given["epochs"] = cfg["epochs"]
-    print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {cfg['epochs']} epochs ({where})", flush=True)
+    if cfg.get("time_budget"):
+        print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {args.minutes:g} minutes ({where})", flush=True)
+    else:
+        print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {cfg['epochs']} epochs ({where})", flush=True)
     try:
         summary = train(cfg, given)
         print("\nvssm demo: evaluating the exported weights on the 10,000 test images", flush=True)

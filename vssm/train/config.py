@@ -63,6 +63,7 @@ DEFAULTS: Dict[str, Any] = dict(
     smoothing=0.0,
     # optimisation
     epochs=10,
+    time_budget=None,  # minutes: fit the epochs (at most `epochs`) and the cosine schedule to this much wall time
     batch_size=128,
     opt="adamw",
     lr=1e-3,
@@ -284,7 +285,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _opt(g, "smoothing", "label smoothing", type=float)
 
     g = parser.add_argument_group("optimisation")
-    _opt(g, "epochs", "training epochs", type=int)
+    _opt(g, "epochs", "training epochs (with --time-budget: at most this many)", type=int)
+    _opt(g, "time-budget", "train for about M minutes of wall time: the run measures its own speed as it goes and "
+         "fits the number of whole epochs (at most --epochs) and the cosine schedule to the time left, so it ends "
+         "annealed near M minutes on any host (evaluations and checkpoints included; not bit-reproducible)",
+         type=float)
     _opt(g, "batch-size", "batch size per process (global batch = this x number of processes)", type=int)
     _opt(g, "opt", "timm optimizer name (adamw, sgd, lamb, ...)")
     _opt(g, "lr", "peak learning rate (scaled by global batch / --lr-base-batch when that is set)", type=float)
@@ -354,6 +359,8 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
             cfg[key] = [float(v) for v in cfg[key]]
     if cfg.get("stop_after_minutes") is not None and cfg["stop_after_minutes"] < 0:
         raise ValueError(f"--stop-after-minutes must be >= 0, got {cfg['stop_after_minutes']:g}")
+    if cfg.get("time_budget") is not None and not cfg["time_budget"] > 0:
+        raise ValueError(f"--time-budget is in minutes and must be > 0, got {cfg['time_budget']:g}")
     if not (cfg.get("sam_rho") or 0) >= 0:
         raise ValueError(f"--sam-rho must be >= 0 (0 turns SAM off), got {cfg['sam_rho']:g}")
     if cfg.get("sam_start_epoch") is not None and cfg["sam_start_epoch"] < 1:

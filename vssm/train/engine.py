@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..cuda_graphs import enable_cuda_graphs
 from ..data.build import DataInfo, build_eval_loader, build_train_loader, data_info
+from . import budget as time_budget
 from . import faults
 from .checkpointing import (
     FORMAT,
@@ -479,6 +480,10 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
 
     optimizer = _make_optimizer(cfg, model, lrs["lr"])
     scheduler = _make_scheduler(cfg, optimizer, total_steps, warmup_steps, lrs)
+    budget = None
+    if cfg.get("time_budget"):
+        budget = time_budget.TimeBudget(60.0 * cfg["time_budget"], epochs, steps_per_epoch, warmup_steps,
+                                        total_steps - warmup_steps)
     amp = amp_dtype(cfg.get("amp", "auto"), device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
@@ -528,6 +533,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if budget is not None and state.get("time_budget"):
+            budget.load_state_dict(state["time_budget"])
         start_epoch, start_step, global_step = int(state["epoch"]), int(state["step_in_epoch"]), int(state["global_step"])
         epoch_sums = state["epoch_sums"].to(device=device, dtype=torch.float64)
         history = list(state.get("history", []))
@@ -560,7 +567,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     log(f"  {mode} on {device}, global batch {global_batch}, {steps_per_epoch} steps/epoch x {epochs} epochs, "
         f"lr {lrs['lr']:.3g} (warm-up {warmup_steps} steps), amp {str(amp).replace('torch.', '') if amp else 'none'}, "
         f"ema {'%.4g' % cfg['ema_decay'] if ema is not None else 'off'}"
-        f"{', sam rho %g from epoch %d' % (cfg['sam_rho'], sam_start_epoch) if sam is not None else ''}, "
+        f"{', sam rho %g from epoch %d' % (cfg['sam_rho'], sam_start_epoch) if sam is not None else ''}"
+        f"{', time budget %g min (the epochs, at most %d, fitted to it)' % (cfg['time_budget'], epochs) if budget else ''}, "
         f"output {out_dir}")
 
     progress = _Progress(cfg.get("progress", "auto"), log, dist.is_main)
@@ -583,6 +591,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "time_budget": budget.state_dict() if budget is not None else None,
             "epoch": epoch_pos,
             "step_in_epoch": step_pos,
             "global_step": global_step,
@@ -614,19 +623,32 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     last_plot = -1e9
     run_start = time.perf_counter()
     last_eval: Dict[str, Any] = history[-1] if history else {}
+    planned = epochs  # the last epoch: --epochs, or the time budget's plan
+    budget_mark: Optional[Tuple[float, int]] = None  # (time, step in epoch) the budget measures step times from
+    steps_end: Optional[float] = None  # when the previous epoch's steps ended (its end's overhead follows)
+    if budget is not None:
+        budget.start()
+        planned = budget.end_epoch
     for epoch in range(start_epoch, epochs):
+        if budget is not None:
+            if steps_end is not None:
+                budget.add_epoch_overhead(time_budget.clock() - steps_end)
+            if epoch >= budget.end_epoch:
+                break
         first_step = start_step if epoch == start_epoch else 0
         if first_step == 0:
             epoch_sums.zero_()
         train_model.train()
-        progress.start(epoch, epochs, steps_per_epoch, first_step)
+        progress.start(epoch, planned, steps_per_epoch, first_step)
+        if budget_mark is not None:
+            budget_mark = (time_budget.clock(), first_step)
         t_epoch = t_window = time.perf_counter()
         window_images, window_sum = 0, torch.zeros(2, dtype=torch.float64, device=device)
         steps_done = 0
         for step, (x, y) in enumerate(train_loader.iter_epoch(epoch, first_step), start=first_step):
             faults.maybe_kill_at_step(global_step)
             if scheduler is not None:
-                scheduler.step_update(num_updates=global_step)
+                scheduler.step_update(num_updates=budget.updates(global_step) if budget is not None else global_step)
             if cfg.get("channels_last"):
                 x = x.contiguous(memory_format=torch.channels_last)
             target = y
@@ -671,6 +693,12 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
                                 "loss": stats["loss"], "lr": lr, "img_per_s": stats["img_s"]})
                 t_window, window_images = now, 0
                 window_sum.zero_()
+                if budget is not None:
+                    if budget_mark is None:  # this process's first window holds its start-up: no measure of speed
+                        budget_mark = (time_budget.clock(), step + 1)
+                    else:
+                        _replan(budget, budget_mark, step + 1, global_step, device, dist, log)
+                        planned = budget.end_epoch
             progress.update(step + 1, 1, stats)
             if save_every and global_step % save_every == 0 and step + 1 < steps_per_epoch:
                 save(epoch, step + 1, epoch)
@@ -678,6 +706,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - t_epoch
+        steps_end = time_budget.clock()
         sums = all_reduce_sum(epoch_sums.clone(), dist).tolist()
         rec: Dict[str, Any] = {
             "type": "epoch",
@@ -689,7 +718,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "epoch_time": train_time,
             "img_per_s": steps_done * global_batch / max(train_time, 1e-9),
         }
-        is_last = epoch + 1 == epochs
+        is_last = budget.is_last(epoch) if budget is not None else epoch + 1 == epochs
         if (epoch + 1) % eval_every == 0 or is_last:
             t_eval = time.perf_counter()
             m = evaluate(model, val_loader, device, dist, amp, channels_last=bool(cfg.get("channels_last")))
@@ -703,13 +732,13 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             if score > best["acc1"]:
                 best.update(acc1=score, epoch=epoch + 1)
             ema_txt = f"  EMA Acc@1 {rec['ema_val_acc1']:.3f}" if ema is not None else ""
-            log(f"Epoch {epoch + 1}/{epochs}: train loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}  "
+            log(f"Epoch {epoch + 1}/{planned}: train loss {rec['train_loss']:.4f}  val loss {rec['val_loss']:.4f}  "
                 f"Acc@1 {rec['val_acc1']:.3f}  Acc@5 {rec['val_acc5']:.3f}{ema_txt}  "
                 f"({train_time:.0f}s, {rec['img_per_s']:.0f} img/s)")
             last_eval = rec
         else:
             score = None
-            log(f"Epoch {epoch + 1}/{epochs}: train loss {rec['train_loss']:.4f} ({train_time:.0f}s)")
+            log(f"Epoch {epoch + 1}/{planned}: train loss {rec['train_loss']:.4f} ({train_time:.0f}s)")
         if rec["nonfinite_losses"]:
             log(f"warning: {rec['nonfinite_losses']} non-finite losses in epoch {epoch + 1}")
         rec["time"] = time.time()
@@ -728,13 +757,13 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             last_plot = time.perf_counter()
         if stop:
             log(f"stopping after {(time.perf_counter() - process_start) / 60:.1f} minutes at the end of epoch "
-                f"{epoch + 1}/{epochs} (--stop-after-minutes {cfg['stop_after_minutes']:g}); the checkpoint is "
+                f"{epoch + 1}/{planned} (--stop-after-minutes {cfg['stop_after_minutes']:g}); the checkpoint is "
                 f"{os.path.join(ckpt_dir, 'last.pth')}: run the same command with --resume auto to continue")
             if dist.is_main and cfg.get("plot", True):
                 _plot_safely(history, step_log, out_dir, log)
             outputs.close()
             barrier(dist)
-            return {"stopped": True, "epoch": epoch + 1, "epochs": epochs, "global_step": global_step,
+            return {"stopped": True, "epoch": epoch + 1, "epochs": planned, "global_step": global_step,
                     "checkpoint": os.path.join(ckpt_dir, "last.pth"), "output": out_dir}
 
     # the end: export weights, summary
@@ -765,7 +794,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "model": cfg["model"],
             "params": n_params,
             "data": info.name,
-            "epochs": epochs,
+            "epochs": planned,
             "global_step": global_step,
             "final": {k: last_eval.get(final_prefix + k) for k in ("acc1", "acc5", "loss")},
             "final_model": {k: last_eval.get("val_" + k) for k in ("acc1", "acc5", "loss")},
@@ -783,6 +812,9 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "history": [{k: v for k, v in r.items() if k not in ("time",)} for r in history],
         }
         summary["final"]["weights"] = "ema" if ema is not None else "model"
+        if budget is not None:
+            summary["time_budget"] = {"minutes": cfg["time_budget"], "used_minutes": budget.elapsed() / 60,
+                                      "max_epochs": epochs, "epochs": budget.end_epoch}
         if cfg.get("cuda_graphs"):
             graphs = model.forward_features
             summary["cuda_graphs"] = {"captures": graphs.captures, "replays": graphs.replays}
@@ -795,6 +827,22 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     outputs.close()
     barrier(dist)
     return summary
+
+
+def _replan(budget: "time_budget.TimeBudget", mark: Tuple[float, int], step_in_epoch: int, global_step: int,
+            device: torch.device, dist: DistInfo, log: "Logger") -> None:
+    """Remake the time budget's plan from the seconds per step since ``mark`` in this epoch. The measures are
+    averaged over the processes first, so that every process plans the same last epoch."""
+    t0, s0 = mark
+    if step_in_epoch <= s0:
+        return
+    local = [budget.elapsed(), (time_budget.clock() - t0) / (step_in_epoch - s0), budget.epoch_overhead]
+    values = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device), dist) / dist.world_size
+    elapsed, step_seconds, overhead = values.tolist()
+    previous = budget.replan(global_step, step_seconds, elapsed, overhead)
+    if previous is not None:
+        log(f"time budget: {elapsed / 60:.1f} of {budget.seconds / 60:g} min used at {step_seconds * 1e3:.0f} ms per "
+            f"step and {overhead:.0f} s per epoch end: the run now ends after epoch {budget.end_epoch} (was {previous})")
 
 
 def _time_is_up(minutes: Optional[float], since: float, device: torch.device, dist: DistInfo) -> bool:

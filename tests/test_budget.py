@@ -1,0 +1,232 @@
+"""`vssm train --time-budget`: the epochs and the cosine schedule fitted to a wall-clock budget as the run measures
+itself (vssm/train/budget.py). The plan is checked on its own, then in real training runs driven by a simulated
+clock (a fixed time per step and per evaluation), so the expected plan can be worked out by hand."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from vssm.train import budget as time_budget
+from vssm.train.budget import TimeBudget
+
+HAVE_DATA = os.path.exists(os.path.join(os.environ.get("VSSM_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+                                        "t10k-images-idx3-ubyte.gz"))
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST not installed (make data)")
+
+
+# ---- the plan on its own ----------------------------------------------------------------------------------------
+
+
+def test_a_budget_that_never_binds_is_the_step_schedule():
+    b = TimeBudget(1e9, max_epochs=5, steps_per_epoch=10, warmup_steps=7, decay_steps=43)
+    assert [b.updates(g) for g in range(50)] == list(range(50))
+    for g in (9, 20, 33):
+        assert b.replan(g, step_seconds=1e-3, elapsed=0.0, overhead_seconds=0.0) is None
+    assert [b.updates(g) for g in range(50)] == list(range(50))  # exactly, not just close
+    assert b.end_epoch == 5 and not b.is_last(3) and b.is_last(4)
+
+
+def test_the_plan_counts_whole_epochs_and_never_cuts_the_current_one():
+    b = TimeBudget(100, max_epochs=8, steps_per_epoch=10, warmup_steps=0, decay_steps=80)
+    # 1 s per step, 2 s per epoch end: 12 s per epoch
+    assert b.fit(1.0, 2.0, left_seconds=50, global_step=0) == 4  # 12 + 3 x 12 = 48 <= 50
+    assert b.fit(1.0, 2.0, left_seconds=47, global_step=0) == 3
+    assert b.fit(1.0, 2.0, left_seconds=5, global_step=0) == 1  # the current epoch is finished, however long
+    assert b.fit(1.0, 2.0, left_seconds=-30, global_step=14) == 2
+    assert b.fit(1.0, 2.0, left_seconds=8, global_step=14) == 2  # 6 steps and an epoch end: 8 s, nothing after
+    assert b.fit(1.0, 2.0, left_seconds=20, global_step=14) == 3
+    assert b.fit(1.0, 2.0, left_seconds=20, global_step=20) == 3  # at an epoch boundary: the next epoch is new
+    assert b.fit(1.0, 2.0, left_seconds=1e6, global_step=0) == 8  # at most --epochs
+
+
+def test_replanning_keeps_the_schedule_continuous_and_ends_fully_decayed():
+    """Speed changes move the plan several times; the position never jumps, never goes back, and the planned last
+    step is one step short of the full decay, as in the plain schedule."""
+    steps, warmup, cap = 10, 4, 12
+    decay = cap * steps - warmup
+    b = TimeBudget(60, max_epochs=cap, steps_per_epoch=steps, warmup_steps=warmup, decay_steps=decay)
+    now, positions, ends = 0.0, [], set()
+    g = 0
+    while g < b.end_epoch * steps:
+        positions.append(b.updates(g) - warmup if g >= warmup else 0.0)
+        now += 0.5 if g < 25 else 0.9  # the host slows down
+        g += 1
+        if g % 3 == 0:
+            b.replan(g, 0.5 if g < 25 else 0.9, elapsed=now, overhead_seconds=0.0)
+            ends.add(b.end_epoch)
+    assert len(ends) >= 2  # the plan did change
+    diffs = [b_ - a for a, b_ in zip(positions, positions[1:])]
+    assert min(diffs) >= 0
+    assert max(diffs[warmup:]) < 3  # a change of slope, never a jump
+    last_slope = positions[-1] - positions[-2]
+    assert positions[-1] + last_slope == pytest.approx(decay, abs=1e-9)
+    assert now <= 60 + 0.9 * steps  # within the budget up to one epoch's slowdown
+
+
+def test_budget_state_round_trips():
+    b = TimeBudget(100, max_epochs=6, steps_per_epoch=10, warmup_steps=3, decay_steps=57)
+    b.add_epoch_overhead(2.0)
+    b.replan(14, 1.5, elapsed=30.0)
+    state = b.state_dict()
+    c = TimeBudget(100, max_epochs=6, steps_per_epoch=10, warmup_steps=3, decay_steps=57)
+    c.load_state_dict(state)
+    assert [c.updates(g) for g in range(60)] == [b.updates(g) for g in range(60)]
+    assert c.end_epoch == b.end_epoch and c.epoch_overhead == 2.0
+
+
+def test_bad_budgets_are_refused(capsys):
+    from vssm.cli import main
+
+    with pytest.raises(ValueError, match="must be positive"):
+        TimeBudget(0, 3, 10, 0, 30)
+    assert main(["train", "--model", "vmamba_femto", "--time-budget", "0"]) == 2
+    assert "--time-budget is in minutes and must be > 0" in capsys.readouterr().err
+
+
+# ---- in training, with a simulated clock ------------------------------------------------------------------------
+
+TINY = ["--model", "vmamba_femto", "--model-kwargs", '{"dims": [16, 32, 64], "depths": [1, 1, 1]}',
+        "--img-size", "28", "--train-subset", "256", "--val-subset", "100", "--batch-size", "32",
+        "--warmup-epochs", "0.5", "--lr-base-batch", "0", "--no-tensorboard", "--no-plot", "--progress", "log",
+        "--log-interval", "4", "--deterministic", "--seed", "5", "--threads", "1", "--amp", "none"]
+STEP_S, EVAL_S = 1.0, 2.0  # simulated seconds per training step and per evaluation (two per epoch: model, EMA)
+
+
+@pytest.fixture
+def simulated_clock(monkeypatch):
+    """The budget's clock advances STEP_S at every training step and EVAL_S at every evaluation, nothing else."""
+    from vssm.train import engine, faults
+
+    now = [1000.0]
+    real_kill, real_evaluate = faults.maybe_kill_at_step, engine.evaluate
+    lrs = []
+
+    def step(global_step):
+        now[0] += STEP_S
+        real_kill(global_step)
+
+    def evaluate(*args, **kwargs):
+        now[0] += EVAL_S
+        return real_evaluate(*args, **kwargs)
+
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(opt, *args, **kwargs):
+        lrs.append(opt.param_groups[0]["lr"])
+        return real_step(opt, *args, **kwargs)
+
+    monkeypatch.setattr(time_budget, "clock", lambda: now[0])
+    monkeypatch.setattr(faults, "maybe_kill_at_step", step)
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    return lrs
+
+
+def _train(*args) -> dict:
+    from vssm.cli import main
+
+    assert main(["train", *TINY, *args]) == 0
+    out = args[args.index("--output") + 1]
+    return json.loads(open(os.path.join(out, "summary.json")).read())
+
+
+@needs_data
+def test_the_run_ends_annealed_at_the_epoch_the_budget_fits(tmp_path, simulated_clock, capsys):
+    """8 steps per epoch at 1 s, two 2 s evaluations per epoch end: 12 s per epoch. A 0.6-minute budget holds 3
+    epochs of the 10 allowed. The first log window of the process is not a measure; the second (step 8, no epoch
+    end seen yet: 8 s per epoch) plans 4 epochs, the first window of epoch 2 (4 s per epoch end now known) 3."""
+    lrs = simulated_clock
+    summary = _train("--epochs", "10", "--time-budget", "0.6", "--output", str(tmp_path / "run"))
+    log = capsys.readouterr().out
+    assert summary["epochs"] == 3 and [r["epoch"] for r in summary["history"]] == [1, 2, 3]
+    assert summary["global_step"] == 24 and len(lrs) == 24
+    assert summary["time_budget"]["used_minutes"] == pytest.approx(0.6)
+    assert "the run now ends after epoch 4 (was 10)" in log and "the run now ends after epoch 3 (was 4)" in log
+    assert "Epoch 3/3:" in log
+    # the lr: warm-up as planned, then a cosine whose position moves linearly between plan changes and would
+    # reach the full decay one step after the last, as in the plain schedule
+    lr, min_lr, warmup, decay = 1e-3 * 2, 1e-5, 4, 10 * 8 - 4
+    assert lrs[:warmup] == sorted(lrs[:warmup]) and max(lrs) == pytest.approx(lr)
+    pos = [decay / math.pi * math.acos(max(-1.0, min(1.0, 2 * (v - min_lr) / (lr - min_lr) - 1))) for v in lrs[warmup:]]
+    slopes = [b - a for a, b in zip(pos, pos[1:])]
+    assert all(s >= 0 for s in slopes)
+    assert pos[-1] + slopes[-1] == pytest.approx(decay, abs=1e-3)
+    assert slopes[-1] == pytest.approx((decay - pos[12 - warmup]) / (24 - 12), rel=1e-4)  # the last plan: from step 12
+
+
+@needs_data
+def test_an_ample_budget_is_the_plain_run(tmp_path, simulated_clock):
+    """A budget that the run never comes near changes nothing: same lr at every step, same weights."""
+    from safetensors.torch import load_file
+
+    lrs = simulated_clock
+    plain = _train("--epochs", "2", "--limit-train-batches", "6", "--output", str(tmp_path / "plain"))
+    plain_lrs = list(lrs)
+    lrs.clear()
+    budgeted = _train("--epochs", "2", "--limit-train-batches", "6", "--time-budget", "1000",
+                      "--output", str(tmp_path / "budget"))
+    assert lrs == plain_lrs
+    assert budgeted["final"] == plain["final"] and budgeted["time_budget"]["epochs"] == 2
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("plain", "budget"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_data
+def test_a_resumed_budgeted_run_keeps_its_plan_and_time(tmp_path, simulated_clock, monkeypatch):
+    """Interrupted in its last epoch (the plan settled: 3 epochs) and resumed from the checkpoint of step 18: the
+    budget's spent time and plan come from the checkpoint, and the run ends exactly as the uninterrupted one."""
+    from safetensors.torch import load_file
+
+    from vssm.train import faults
+
+    args = ["--epochs", "10", "--time-budget", "0.6", "--save-every-steps", "3"]
+    whole = _train(*args, "--output", str(tmp_path / "whole"))
+
+    advance = faults.maybe_kill_at_step
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_20(global_step):
+        advance(global_step)
+        if global_step == 20:
+            raise Crash()
+
+    monkeypatch.setattr(faults, "maybe_kill_at_step", crash_at_20)
+    with pytest.raises(Crash):
+        _train(*args, "--output", str(tmp_path / "run"))
+    monkeypatch.setattr(faults, "maybe_kill_at_step", advance)
+    resumed = _train(*args, "--resume", "auto", "--output", str(tmp_path / "run"))
+    assert resumed["epochs"] == whole["epochs"] == 3 and resumed["global_step"] == 24
+    assert resumed["final"] == whole["final"]
+    assert resumed["time_budget"]["used_minutes"] == pytest.approx(whole["time_budget"]["used_minutes"])
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "run"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_data
+def test_the_demo_fits_its_epochs_to_its_minutes(tmp_path, simulated_clock, capsys, monkeypatch):
+    """`vssm demo` trains under a time budget of --minutes: 4 steps (256 images) of 1 s and two 2 s evaluations per
+    epoch make 8 s per epoch, so 0.4 minutes hold 3 of the 6 epochs allowed; then it evaluates the weights. (Its
+    step-time probe is given the simulated epoch time; the evaluations during training use 100 images.)"""
+    from vssm import demo
+    from vssm.cli import main
+    from vssm.train.config import PRESETS
+
+    monkeypatch.setattr(demo, "estimate_epoch_seconds", lambda cfg, device, n_train: 4 * STEP_S + 2 * EVAL_S)
+    monkeypatch.setitem(PRESETS["fashion-mnist-cpu"], "val_subset", 100)
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--output", str(out), "--train-subset", "256", "--minutes", "0.4", "--max-epochs", "6",
+                 "--threads", "2", "--progress", "log"]) == 0
+    log = capsys.readouterr().out
+    assert "should fit about 3 epochs of 4 steps" in log and "for 0.4 minutes" in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["time_budget"] == dict(minutes=0.4, used_minutes=pytest.approx(0.4),
+                                                                     max_epochs=6, epochs=3)
+    assert json.loads((out / "eval.json").read_text())["n_images"] == 10000
+    assert "vssm demo finished" in log and "3 epochs" in log

@@ -184,6 +184,9 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+HEADER_KEYS = ("preset", "img_size", "amp", "compile_mode", "train_args", "device", "torch")  # named in results.md
+
+
 def write_tables(out: str, rows: List[dict], plan: dict) -> None:
     rows = sorted(rows, key=lambda r: (not r["model"].startswith(VSSM_FAMILIES), r["model_name"]))
     with open(os.path.join(out, "results.json"), "w") as f:
@@ -269,15 +272,19 @@ def main() -> int:
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.merge:
-        rows, plan = [], {}
+        rows, plan, differ = [], {}, set()
         for folder in args.merge:
             data = json.load(open(os.path.join(folder, "results.json")))
             names = {r["model_name"] for r in data["rows"]}
             rows = [r for r in rows if r["model_name"] not in names] + data["rows"]
             for k, v in data["plan"].items():
+                if k in plan and plan[k] != v and k in HEADER_KEYS:
+                    differ.add(k)
                 plan.setdefault(k, v)
             if data["plan"].get("fp16_check"):
                 plan["fp16_check"] = data["plan"]["fp16_check"]
+        for k in differ:  # the table's header would name one folder's value for all rows
+            plan[k] = "(per row: see its command)"
         epochs = {r["epochs"] for r in rows}
         if len(epochs) > 1:
             print(f"warning: the merged rows were trained for different epochs: {sorted(epochs)}")

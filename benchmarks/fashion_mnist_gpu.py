@@ -361,7 +361,7 @@ def main() -> int:
             "model_name": name,
             "model": summary["model"],
             "params": summary["params"],
-            "epochs": summary["epochs"],
+            "epochs": summary.get("time_budget", {}).get("epochs", summary["epochs"]),  # a budget's may be partial
             "train_time_s": summary["train_time_s"],
             "wall_time_s": seconds,
             "img_per_s": sum(r["img_per_s"] for r in steady) / len(steady),

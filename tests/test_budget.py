@@ -27,20 +27,21 @@ def test_a_budget_that_never_binds_is_the_step_schedule():
     for g in (9, 20, 33):
         assert b.replan(g, step_seconds=1e-3, elapsed=0.0, overhead_seconds=0.0) is None
     assert [b.updates(g) for g in range(50)] == list(range(50))  # exactly, not just close
-    assert b.end_epoch == 5 and not b.is_last(3) and b.is_last(4)
+    assert b.end_step == 50 and b.epochs == 5 and not b.is_done(49) and b.is_done(50)
 
 
-def test_the_plan_counts_whole_epochs_and_never_cuts_the_current_one():
+def test_the_plan_counts_an_epoch_end_after_every_epoch_and_after_the_last():
     b = TimeBudget(100, max_epochs=8, steps_per_epoch=10, warmup_steps=0, decay_steps=80)
-    # 1 s per step, 2 s per epoch end: 12 s per epoch
-    assert b.fit(1.0, 2.0, left_seconds=50, global_step=0) == 4  # 12 + 3 x 12 = 48 <= 50
-    assert b.fit(1.0, 2.0, left_seconds=47, global_step=0) == 3
-    assert b.fit(1.0, 2.0, left_seconds=5, global_step=0) == 1  # the current epoch is finished, however long
-    assert b.fit(1.0, 2.0, left_seconds=-30, global_step=14) == 2
-    assert b.fit(1.0, 2.0, left_seconds=8, global_step=14) == 2  # 6 steps and an epoch end: 8 s, nothing after
-    assert b.fit(1.0, 2.0, left_seconds=20, global_step=14) == 3
-    assert b.fit(1.0, 2.0, left_seconds=20, global_step=20) == 3  # at an epoch boundary: the next epoch is new
-    assert b.fit(1.0, 2.0, left_seconds=1e6, global_step=0) == 8  # at most --epochs
+    # 1 s per step, 2 s per epoch end: 12 s per whole epoch
+    assert b.fit(1.0, 2.0, left_seconds=48, global_step=0) == 40  # 4 x 12
+    assert b.fit(1.0, 2.0, left_seconds=47, global_step=0) == 39  # 3 x 12 + 9 steps and their epoch end
+    assert b.fit(1.0, 2.0, left_seconds=5, global_step=0) == 3
+    assert b.fit(1.0, 2.0, left_seconds=-30, global_step=14) == 14  # over: stop now
+    assert b.fit(1.0, 2.0, left_seconds=8, global_step=14) == 20  # the 6 steps left in the epoch and its end
+    assert b.fit(1.0, 2.0, left_seconds=20, global_step=14) == 30  # then one more epoch: 6 + 2 + 10 + 2
+    assert b.fit(1.0, 2.0, left_seconds=20, global_step=20) == 34  # at an epoch boundary its end is still due
+    assert b.fit(1.0, 2.0, left_seconds=1e6, global_step=0) == 80  # at most --epochs
+    assert b.fit(1.0, 0.0, left_seconds=1e6, global_step=75) == 80
 
 
 def test_replanning_keeps_the_schedule_continuous_and_ends_fully_decayed():
@@ -51,20 +52,20 @@ def test_replanning_keeps_the_schedule_continuous_and_ends_fully_decayed():
     b = TimeBudget(60, max_epochs=cap, steps_per_epoch=steps, warmup_steps=warmup, decay_steps=decay)
     now, positions, ends = 0.0, [], set()
     g = 0
-    while g < b.end_epoch * steps:
+    while g < b.end_step:
         positions.append(b.updates(g) - warmup if g >= warmup else 0.0)
         now += 0.5 if g < 25 else 0.9  # the host slows down
         g += 1
         if g % 3 == 0:
             b.replan(g, 0.5 if g < 25 else 0.9, elapsed=now, overhead_seconds=0.0)
-            ends.add(b.end_epoch)
+            ends.add(b.end_step)
     assert len(ends) >= 2  # the plan did change
     diffs = [b_ - a for a, b_ in zip(positions, positions[1:])]
     assert min(diffs) >= 0
     assert max(diffs[warmup:]) < 3  # a change of slope, never a jump
     last_slope = positions[-1] - positions[-2]
     assert positions[-1] + last_slope == pytest.approx(decay, abs=1e-9)
-    assert now <= 60 + 0.9 * steps  # within the budget up to one epoch's slowdown
+    assert 60 - 0.9 < now <= 60  # the budget, to a step
 
 
 def test_budget_state_round_trips():
@@ -75,7 +76,7 @@ def test_budget_state_round_trips():
     c = TimeBudget(100, max_epochs=6, steps_per_epoch=10, warmup_steps=3, decay_steps=57)
     c.load_state_dict(state)
     assert [c.updates(g) for g in range(60)] == [b.updates(g) for g in range(60)]
-    assert c.end_epoch == b.end_epoch and c.epoch_overhead == 2.0
+    assert c.end_step == b.end_step < 60 and c.epoch_overhead == 2.0
 
 
 def test_bad_budgets_are_refused(capsys):
@@ -138,14 +139,14 @@ def _train(*args) -> dict:
 def test_the_run_ends_annealed_at_the_epoch_the_budget_fits(tmp_path, simulated_clock, capsys):
     """8 steps per epoch at 1 s, two 2 s evaluations per epoch end: 12 s per epoch. A 0.6-minute budget holds 3
     epochs of the 10 allowed. The first log window of the process is not a measure; the second (step 8, no epoch
-    end seen yet: 8 s per epoch) plans 4 epochs, the first window of epoch 2 (4 s per epoch end now known) 3."""
+    end seen yet) plans 4.5 epochs, the first window of epoch 2 (4 s per epoch end now known) 3."""
     lrs = simulated_clock
     summary = _train("--epochs", "10", "--time-budget", "0.6", "--output", str(tmp_path / "run"))
     log = capsys.readouterr().out
     assert summary["epochs"] == 3 and [r["epoch"] for r in summary["history"]] == [1, 2, 3]
     assert summary["global_step"] == 24 and len(lrs) == 24
     assert summary["time_budget"]["used_minutes"] == pytest.approx(0.6)
-    assert "the run now ends after epoch 4 (was 10)" in log and "the run now ends after epoch 3 (was 4)" in log
+    assert "the run now ends after 4.50 epochs (was 10.00)" in log and "ends after 3.00 epochs (was 4.50)" in log
     assert "Epoch 3/3:" in log
     # the lr: warm-up as planned, then a cosine whose position moves linearly between plan changes and would
     # reach the full decay one step after the last, as in the plain schedule
@@ -211,22 +212,37 @@ def test_a_resumed_budgeted_run_keeps_its_plan_and_time(tmp_path, simulated_cloc
 @needs_data
 def test_the_demo_fits_its_epochs_to_its_minutes(tmp_path, simulated_clock, capsys, monkeypatch):
     """`vssm demo` trains under a time budget of --minutes: 4 steps (256 images) of 1 s and two 2 s evaluations per
-    epoch make 8 s per epoch, so 0.4 minutes hold 3 of the 6 epochs allowed; then it evaluates the weights. (Its
-    step-time probe is given the simulated epoch time; the evaluations during training use 100 images.)"""
-    from vssm import demo
+    epoch make 8 s per epoch, so 0.4 minutes hold 3 of the 6 epochs allowed; then it evaluates the weights. (The
+    evaluations during training use 100 images.)"""
     from vssm.cli import main
     from vssm.train.config import PRESETS
 
-    monkeypatch.setattr(demo, "estimate_epoch_seconds", lambda cfg, device, n_train: 4 * STEP_S + 2 * EVAL_S)
     monkeypatch.setitem(PRESETS["fashion-mnist-cpu"], "val_subset", 100)
 
     out = tmp_path / "demo"
     assert main(["demo", "--output", str(out), "--train-subset", "256", "--minutes", "0.4", "--max-epochs", "6",
                  "--threads", "2", "--progress", "log"]) == 0
     log = capsys.readouterr().out
-    assert "should fit about 3 epochs of 4 steps" in log and "for 0.4 minutes" in log
+    assert "for 0.4 minutes" in log and "the run now ends after 3.00 epochs (was 6.00)" in log
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs"] == 3 and summary["time_budget"] == dict(minutes=0.4, used_minutes=pytest.approx(0.4),
-                                                                     max_epochs=6, epochs=3)
+                                                                     max_epochs=6, epochs=3.0)
     assert json.loads((out / "eval.json").read_text())["n_images"] == 10000
     assert "vssm demo finished" in log and "3 epochs" in log
+
+
+@needs_data
+def test_the_last_epoch_may_be_partial_and_the_finished_run_resumes_to_its_end(tmp_path, simulated_clock):
+    """0.55 minutes: 2 whole epochs (24 s), then 5 steps and their epoch end (9 s). The run ends mid-epoch with the
+    lr fully decayed but one step; its last checkpoint holds that position, so --resume auto of the finished run
+    reads it, trains nothing and ends with the same result."""
+    lrs = simulated_clock
+    args = ["--epochs", "10", "--time-budget", "0.55", "--output", str(tmp_path / "run")]
+    summary = _train(*args)
+    assert summary["global_step"] == 21 and summary["time_budget"]["epochs"] == pytest.approx(21 / 8, abs=1e-3)
+    assert [r["global_step"] for r in summary["history"]] == [8, 16, 21] and summary["epochs"] == 3
+    assert summary["time_budget"]["used_minutes"] == pytest.approx(0.55)
+    assert lrs[-1] < 1e-4 and len(lrs) == 21
+    lrs.clear()
+    again = _train(*args, "--resume", "auto")
+    assert lrs == [] and again["final"] == summary["final"] and again["global_step"] == 21

@@ -2,20 +2,18 @@
 say where the checkpoint, weights, log and plot are.
 
 It is ``vssm train --preset fashion-mnist-cpu`` (``vmamba_femto``) followed by ``vssm eval`` of the exported
-weights. The training fits the machine: it runs with ``--time-budget`` (``--minutes``), so it measures its own
-speed as it goes and takes as many whole epochs (1 to ``--max-epochs``) as fit, with the cosine schedule fitted to
-them; a slow machine still finishes in time and a fast one gets a better model. Before it starts, a few timed
-training steps estimate the epoch time: where the budget would leave most of an epoch unused, every epoch is
-shortened so that whole epochs fill it. ``--epochs N`` fixes the count instead (no budget).
+weights. The training fits the machine: it runs with ``--time-budget`` (``--minutes``, evaluations included), so it
+measures its own speed as it goes and takes as many steps as fit (at most ``--max-epochs`` epochs; the last epoch
+may be partial), with the cosine schedule fitted to them: a slow machine still finishes in time and a fast one gets
+a better model. ``--epochs N`` fixes the count instead (no budget).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 
-__all__ = ["add_arguments", "main", "estimate_epoch_seconds"]
+__all__ = ["add_arguments", "main"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,42 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output instead of starting afresh")
     parser.add_argument("--progress", default="auto", choices=["auto", "bar", "log", "none"])
-
-
-def estimate_epoch_seconds(cfg: dict, device, n_train: int, n_val: int = 10000, steps: int = 10) -> float:
-    """Seconds per epoch of ``cfg``'s model on ``device``: the median of a few timed training steps on random data, plus the
-    evaluation of the test set (forward only, about a third of a training step per image)."""
-    import torch
-    import torch.nn.functional as F
-
-    from .train.engine import build_model
-
-    state = torch.get_rng_state()
-    model = build_model(cfg["model"], 10, cfg["in_chans"], cfg["img_size"], model_kwargs=cfg.get("model_kwargs"))
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(cfg["batch_size"], cfg["in_chans"], cfg["img_size"], cfg["img_size"], device=device)
-    y = torch.randint(0, 10, (cfg["batch_size"],), device=device)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for _ in range(3):  # the first steps pay for allocations and kernel selection
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    per_image = sorted(times)[len(times) // 2] / cfg["batch_size"]  # the median: robust to a busy moment
-    torch.set_rng_state(state)
-    evals = 2 if cfg.get("ema") else 1
-    return per_image * (n_train + evals * n_val / 3)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -95,24 +57,13 @@ def main(args: argparse.Namespace) -> int:
     if args.epochs:
         cfg["epochs"] = args.epochs
     elif not args.resume:
-        # the budget fits whole epochs as the run goes; when the estimate leaves most of an epoch unused, every
-        # epoch is shortened so that whole ones fill the time
-        n_train = args.train_subset or 60000
-        epoch_s = estimate_epoch_seconds(cfg, info.device, n_train)
-        budget = args.minutes * 60 / epoch_s  # in epochs
-        expected = max(1, min(args.max_epochs, math.ceil(budget - 0.15)))
-        steps = n_train // cfg["batch_size"]
-        if budget < expected:
-            cfg["limit_train_batches"] = given["limit_train_batches"] = max(1, int(steps * budget / expected))
-        used = cfg.get("limit_train_batches") or steps
         cfg["epochs"], cfg["time_budget"] = args.max_epochs, args.minutes
         given["time_budget"] = args.minutes
-        print(f"vssm demo: about {epoch_s:.0f} s per epoch here ({where}); {args.minutes:g} minutes of training should "
-              f"fit about {expected} epochs of {used} steps ({used * cfg['batch_size']:,} images); the run measures "
-              f"its own speed and fits the epochs (at most {args.max_epochs}) to the time", flush=True)
     given["epochs"] = cfg["epochs"]
     if cfg.get("time_budget"):
-        print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {args.minutes:g} minutes ({where})", flush=True)
+        print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {args.minutes:g} minutes ({where}): the run "
+              f"measures its speed as it goes and fits its steps (at most {args.max_epochs} epochs) and its learning-rate "
+              f"schedule to the time", flush=True)
     else:
         print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {cfg['epochs']} epochs ({where})", flush=True)
     try:
@@ -126,8 +77,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     minutes = (time.perf_counter() - start) / 60
     out = summary["output"]
+    epochs = summary["time_budget"]["epochs"] if summary.get("time_budget") else summary["epochs"]
     print(f"""
-vssm demo finished in {minutes:.1f} min: {summary['model']} ({summary['params'] / 1e6:.2f}M params), {summary['epochs']} epochs, Fashion-MNIST test top-1 {metrics['acc1']:.2f}%, top-5 {metrics['acc5']:.2f}%
+vssm demo finished in {minutes:.1f} min: {summary['model']} ({summary['params'] / 1e6:.2f}M params), {epochs:g} epochs, Fashion-MNIST test top-1 {metrics['acc1']:.2f}%, top-5 {metrics['acc5']:.2f}%
   checkpoint (resumable)  {summary['checkpoint']}
   weights (safetensors)   {summary['weights']}
   curves                  {summary['plot']}

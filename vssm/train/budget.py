@@ -2,19 +2,19 @@
 
 A fixed epoch count fits a time limit only as well as the speed is guessed beforehand, and a host's speed moves
 (other jobs, clocks, a cold start). With a budget the run measures itself instead: every log interval it works out
-how many whole epochs (at most ``--epochs``) fit in the time left, from the seconds per step measured in the
-current epoch and the mean time an epoch end takes (evaluation, checkpoint). The cosine schedule follows the plan:
-after the warm-up it runs over a position ``pos`` in ``[0, D]`` (``D``: the scheduler's decay length for
-``--epochs``) that moves from its value when the plan last changed to ``D`` at the last step of the planned last
-epoch. So a run ends at an epoch end, annealed, close to its budget, whatever the host's speed.
+how many steps (at most ``--epochs`` epochs' worth) fit in the time left, from the seconds per step measured in the
+current epoch and the mean time an epoch end takes (evaluation, checkpoint), counting an epoch end after every epoch
+it finishes and after the last one, which may be partial. The cosine schedule follows the plan: after the warm-up
+it runs over a position ``pos`` in ``[0, D]`` (``D``: the scheduler's decay length for ``--epochs``) that moves
+linearly from its value when the plan last changed to ``D`` at the planned end. So a run ends annealed, close to
+its budget, whatever the host's speed.
 
 - While the plan does not change, ``pos`` is exactly the step count after the warm-up, so a budget that never binds
   gives the run of a plain ``--epochs`` schedule, and the lr never jumps when the plan changes (only its slope does).
-- An epoch once started is finished: a host that slows down within the last epoch overshoots the budget by that
-  slowdown. A plan shortened at the very end of an epoch ends there, before the schedule has fully decayed.
 - The first log window of a process is not used to plan: it holds start-up costs (compilation, allocations).
-- The state (time spent, the plan) is saved in checkpoints, so a resumed run keeps the budget of the whole run. A
-  budgeted run depends on the measured time, so it is not bit-identical to a rerun.
+- The state (time spent, the plan) is saved in checkpoints, so a resumed run keeps the budget of the whole run; the
+  time between the last checkpoint and a crash is not counted. A budgeted run depends on the measured time, so it
+  is not bit-identical to a rerun.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ clock = time.perf_counter  # the budget's time source (tests substitute a simula
 
 
 class TimeBudget:
-    """The plan of a run with a time budget: the last epoch, and the schedule position of every step.
+    """The plan of a run with a time budget: the step it ends at, and the schedule position of every step.
 
     ``decay_steps`` is the cosine scheduler's length after the warm-up for ``max_epochs`` (its ``t_initial``);
     :meth:`updates` maps a global step to the scheduler's ``num_updates``.
@@ -42,7 +42,7 @@ class TimeBudget:
         self.steps_per_epoch = int(steps_per_epoch)
         self.warmup_steps = int(warmup_steps)
         self.decay_steps = int(decay_steps)
-        self.end_epoch = self.max_epochs
+        self.end_step = self.max_epochs * self.steps_per_epoch  # the plan: training ends before this global step
         self.anchor_step = self.warmup_steps  # the plan's line starts at (anchor_step, anchor_pos)
         self.anchor_pos = 0.0
         self.spent = 0.0  # seconds of the processes before this one
@@ -72,7 +72,7 @@ class TimeBudget:
         """Cosine position (0..decay_steps) of ``global_step`` after the warm-up, on the current plan."""
         if global_step <= self.anchor_step:
             return self.anchor_pos
-        span = self.end_epoch * self.steps_per_epoch - self.anchor_step
+        span = self.end_step - self.anchor_step
         if span <= 0:
             return self.anchor_pos
         pos = self.anchor_pos + (global_step - self.anchor_step) * (self.decay_steps - self.anchor_pos) / span
@@ -85,48 +85,56 @@ class TimeBudget:
         return self.warmup_steps + self.position(global_step)
 
     def fit(self, step_seconds: float, overhead_seconds: float, left_seconds: float, global_step: int) -> int:
-        """Whole epochs that end within ``left_seconds`` from ``global_step`` (the current epoch counts, however
-        long): the planned last epoch (1-based), at most ``max_epochs``."""
-        epoch, done = divmod(global_step, self.steps_per_epoch)
-        if done == 0 and global_step > 0:  # at an epoch boundary: the epoch just finished is the current one
-            epoch, done = epoch - 1, self.steps_per_epoch
-        finish_current = (self.steps_per_epoch - done) * step_seconds + overhead_seconds
-        per_epoch = self.steps_per_epoch * step_seconds + overhead_seconds
-        more = 0
-        if per_epoch > 0 and left_seconds > finish_current:
-            more = int(math.floor((left_seconds - finish_current) / per_epoch))
-        elif per_epoch <= 0:
-            more = self.max_epochs
-        return max(epoch + 1, min(self.max_epochs, epoch + 1 + more))
+        """The global step to end at: the most steps from ``global_step`` (at most to ``max_epochs``) that, with an
+        epoch end after each epoch they finish and after the last one, take at most ``left_seconds``."""
+        cap = self.max_epochs * self.steps_per_epoch
+        if step_seconds <= 0:
+            return cap
+        into = global_step % self.steps_per_epoch  # steps done in the current epoch
+        pending = 1 if global_step > 0 and into == 0 else 0  # the epoch just finished has its end still to come
+        best, k = 0, 1  # 0: stop now
+        while (k - 1) * self.steps_per_epoch - into < cap - global_step:
+            # between lo (excluded) and hi more steps, k more epoch ends are due
+            lo, hi = (k - 1) * self.steps_per_epoch - into, min(k * self.steps_per_epoch - into, cap - global_step)
+            fits = math.floor((left_seconds - (pending + k) * overhead_seconds) / step_seconds)
+            if fits <= lo:
+                break
+            best, k = min(hi, fits), k + 1
+        return global_step + best
 
     def replan(self, global_step: int, step_seconds: float, elapsed: Optional[float] = None,
                overhead_seconds: Optional[float] = None) -> Optional[int]:
-        """Remake the plan at ``global_step`` (the next step to run); returns the previous last epoch when the
-        plan changed, else None. ``elapsed`` / ``overhead_seconds`` default to this budget's own (a distributed run
+        """Remake the plan at ``global_step`` (the next step to run); returns the previous end step when the plan
+        changed, else None. ``elapsed`` / ``overhead_seconds`` default to this budget's own (a distributed run
         passes the values averaged over its processes, so that every process makes the same plan)."""
         elapsed = self.elapsed() if elapsed is None else elapsed
         overhead = self.epoch_overhead if overhead_seconds is None else overhead_seconds
         end = self.fit(step_seconds, overhead, self.seconds - elapsed, global_step)
-        if end == self.end_epoch:
+        if end == self.end_step:
             return None
         anchor = max(global_step, self.warmup_steps)
         self.anchor_pos, self.anchor_step = self.position(anchor), anchor
-        previous, self.end_epoch = self.end_epoch, end
+        previous, self.end_step = self.end_step, end
         return previous
 
-    def is_last(self, epoch: int) -> bool:
-        """Whether epoch ``epoch`` (0-based) is the plan's last."""
-        return epoch + 1 >= self.end_epoch
+    def is_done(self, global_step: int) -> bool:
+        """Whether the plan ends at or before ``global_step``."""
+        return global_step >= self.end_step
+
+    @property
+    def epochs(self) -> int:
+        """Epochs the plan begins (its last may be partial)."""
+        return -(-self.end_step // self.steps_per_epoch)
 
     # checkpoints
     def state_dict(self) -> Dict[str, Any]:
-        return {"spent": self.elapsed(), "end_epoch": self.end_epoch, "anchor_step": self.anchor_step,
+        return {"spent": self.elapsed(), "end_step": self.end_step, "anchor_step": self.anchor_step,
                 "anchor_pos": self.anchor_pos, "overhead_sum": self.overhead_sum,
                 "overhead_count": self.overhead_count}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.spent = float(state["spent"])
-        self.end_epoch = min(int(state["end_epoch"]), self.max_epochs)
+        self.end_step = min(int(state["end_step"]), self.max_epochs * self.steps_per_epoch)
         self.anchor_step, self.anchor_pos = int(state["anchor_step"]), float(state["anchor_pos"])
         self.overhead_sum, self.overhead_count = float(state["overhead_sum"]), int(state["overhead_count"])
         self._since = None

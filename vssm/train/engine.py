@@ -623,17 +623,18 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     last_plot = -1e9
     run_start = time.perf_counter()
     last_eval: Dict[str, Any] = history[-1] if history else {}
-    planned = epochs  # the last epoch: --epochs, or the time budget's plan
+    planned = epochs  # the epochs the run will have begun: --epochs, or the time budget's plan
     budget_mark: Optional[Tuple[float, int]] = None  # (time, step in epoch) the budget measures step times from
     steps_end: Optional[float] = None  # when the previous epoch's steps ended (its end's overhead follows)
+    reported_end = 0  # the time budget's end step as last logged
     if budget is not None:
         budget.start()
-        planned = budget.end_epoch
+        planned, reported_end = budget.epochs, budget.end_step
     for epoch in range(start_epoch, epochs):
         if budget is not None:
             if steps_end is not None:
                 budget.add_epoch_overhead(time_budget.clock() - steps_end)
-            if epoch >= budget.end_epoch:
+            if budget.is_done(global_step):
                 break
         first_step = start_step if epoch == start_epoch else 0
         if first_step == 0:
@@ -646,6 +647,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         window_images, window_sum = 0, torch.zeros(2, dtype=torch.float64, device=device)
         steps_done = 0
         for step, (x, y) in enumerate(train_loader.iter_epoch(epoch, first_step), start=first_step):
+            if budget is not None and budget.is_done(global_step):
+                break  # the time budget's plan ends inside this epoch
             faults.maybe_kill_at_step(global_step)
             if scheduler is not None:
                 scheduler.step_update(num_updates=budget.updates(global_step) if budget is not None else global_step)
@@ -697,8 +700,9 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
                     if budget_mark is None:  # this process's first window holds its start-up: no measure of speed
                         budget_mark = (time_budget.clock(), step + 1)
                     else:
-                        _replan(budget, budget_mark, step + 1, global_step, device, dist, log)
-                        planned = budget.end_epoch
+                        reported_end = _replan(budget, budget_mark, step + 1, global_step, steps_per_epoch,
+                                               reported_end, device, dist, log)
+                        planned = budget.epochs
             progress.update(step + 1, 1, stats)
             if save_every and global_step % save_every == 0 and step + 1 < steps_per_epoch:
                 save(epoch, step + 1, epoch)
@@ -718,7 +722,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "epoch_time": train_time,
             "img_per_s": steps_done * global_batch / max(train_time, 1e-9),
         }
-        is_last = budget.is_last(epoch) if budget is not None else epoch + 1 == epochs
+        is_last = budget.is_done(global_step) if budget is not None else epoch + 1 == epochs
+        partial = first_step + steps_done < steps_per_epoch  # a time budget's last epoch may end early
         if (epoch + 1) % eval_every == 0 or is_last:
             t_eval = time.perf_counter()
             m = evaluate(model, val_loader, device, dist, amp, channels_last=bool(cfg.get("channels_last")))
@@ -750,7 +755,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             is_best = score is not None and score > best.get("saved_acc1", -1.0)
             if is_best:
                 best.update(saved_acc1=score, saved_epoch=epoch + 1, path=os.path.join(ckpt_dir, "best.pth"))
-            save(epoch + 1, 0, epoch + 1, is_best=is_best)
+            epoch_pos, step_pos = (epoch, first_step + steps_done) if partial else (epoch + 1, 0)
+            save(epoch_pos, step_pos, epoch + 1, is_best=is_best)
         outputs.record(rec)
         if dist.is_main and cfg.get("plot", True) and time.perf_counter() - last_plot > 60 and not is_last:
             _plot_safely(history, step_log, out_dir, log)  # at most once a minute while training
@@ -814,7 +820,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         summary["final"]["weights"] = "ema" if ema is not None else "model"
         if budget is not None:
             summary["time_budget"] = {"minutes": cfg["time_budget"], "used_minutes": budget.elapsed() / 60,
-                                      "max_epochs": epochs, "epochs": budget.end_epoch}
+                                      "max_epochs": epochs, "epochs": round(global_step / steps_per_epoch, 3)}
         if cfg.get("cuda_graphs"):
             graphs = model.forward_features
             summary["cuda_graphs"] = {"captures": graphs.captures, "replays": graphs.replays}
@@ -830,19 +836,24 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
 
 
 def _replan(budget: "time_budget.TimeBudget", mark: Tuple[float, int], step_in_epoch: int, global_step: int,
-            device: torch.device, dist: DistInfo, log: "Logger") -> None:
+            steps_per_epoch: int, reported_end: int, device: torch.device, dist: DistInfo, log: "Logger") -> int:
     """Remake the time budget's plan from the seconds per step since ``mark`` in this epoch. The measures are
-    averaged over the processes first, so that every process plans the same last epoch."""
+    averaged over the processes first, so that every process plans the same end. Logs the plan when it has moved
+    by a tenth of an epoch or more since ``reported_end`` (it moves by a few steps at most windows); returns the
+    end step last logged."""
     t0, s0 = mark
     if step_in_epoch <= s0:
-        return
+        return reported_end
     local = [budget.elapsed(), (time_budget.clock() - t0) / (step_in_epoch - s0), budget.epoch_overhead]
     values = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device), dist) / dist.world_size
     elapsed, step_seconds, overhead = values.tolist()
-    previous = budget.replan(global_step, step_seconds, elapsed, overhead)
-    if previous is not None:
-        log(f"time budget: {elapsed / 60:.1f} of {budget.seconds / 60:g} min used at {step_seconds * 1e3:.0f} ms per "
-            f"step and {overhead:.0f} s per epoch end: the run now ends after epoch {budget.end_epoch} (was {previous})")
+    budget.replan(global_step, step_seconds, elapsed, overhead)
+    if abs(budget.end_step - reported_end) * 10 < steps_per_epoch:
+        return reported_end
+    log(f"time budget: {elapsed / 60:.2f} of {budget.seconds / 60:g} min used at {step_seconds * 1e3:.0f} ms per step "
+        f"and {overhead:.1f} s per epoch end: the run now ends after {budget.end_step / steps_per_epoch:.2f} epochs "
+        f"(was {reported_end / steps_per_epoch:.2f})")
+    return budget.end_step
 
 
 def _time_is_up(minutes: Optional[float], since: float, device: torch.device, dist: DistInfo) -> bool:

@@ -68,6 +68,20 @@ def test_replanning_keeps_the_schedule_continuous_and_ends_fully_decayed():
     assert 60 - 0.9 < now <= 60  # the budget, to a step
 
 
+def test_the_seconds_per_step_are_smoothed_but_follow_a_lasting_change():
+    """Windows of 1 s (a fast model) alternating between 0.8 and 1.2 ms per step: once the first window (1.2 ms)
+    has faded, over three horizons, the average stays within 3% of 1 ms; when the host turns 2x slower for good,
+    the average is within 5% of it after two minutes of windows."""
+    from vssm.train.budget import SMOOTHING_SECONDS
+
+    b = TimeBudget(900, max_epochs=100, steps_per_epoch=100, warmup_steps=0, decay_steps=10000)
+    estimates = [b.observe(1.0, int(1000 / (0.8 if i % 2 else 1.2))) for i in range(200)]
+    assert all(abs(e / 1e-3 - 1) < 0.03 for e in estimates[int(3 * SMOOTHING_SECONDS):])
+    for _ in range(120):
+        slow = b.observe(1.0, 500)
+    assert slow == pytest.approx(2e-3, rel=0.05)
+
+
 def test_budget_state_round_trips():
     b = TimeBudget(100, max_epochs=6, steps_per_epoch=10, warmup_steps=3, decay_steps=57)
     b.add_epoch_overhead(2.0)

@@ -11,7 +11,10 @@ its budget, whatever the host's speed.
 
 - While the plan does not change, ``pos`` is exactly the step count after the warm-up, so a budget that never binds
   gives the run of a plain ``--epochs`` schedule, and the lr never jumps when the plan changes (only its slope does).
-- The first log window of a process is not used to plan: it holds start-up costs (compilation, allocations).
+- The first log window of a process is not used to plan: it holds start-up costs (compilation, allocations). The
+  seconds per step are a moving average over about the last ``SMOOTHING_SECONDS`` of training, so that the jitter of
+  short windows (a fast model logs every second) does not swing the plan, while a host that slows down for good is
+  followed within a minute or two.
 - The state (time spent, the plan) is saved in checkpoints, so a resumed run keeps the budget of the whole run; the
   time between the last checkpoint and a crash is not counted. A budgeted run depends on the measured time, so it
   is not bit-identical to a rerun.
@@ -22,9 +25,10 @@ import math
 import time
 from typing import Any, Dict, Optional
 
-__all__ = ["TimeBudget", "clock"]
+__all__ = ["TimeBudget", "clock", "SMOOTHING_SECONDS"]
 
 clock = time.perf_counter  # the budget's time source (tests substitute a simulated one)
+SMOOTHING_SECONDS = 30.0  # the horizon of the moving average of the seconds per step
 
 
 class TimeBudget:
@@ -48,6 +52,7 @@ class TimeBudget:
         self.spent = 0.0  # seconds of the processes before this one
         self.overhead_sum = 0.0  # seconds spent at epoch ends (evaluation, checkpoint), and how many
         self.overhead_count = 0
+        self.step_seconds: Optional[float] = None  # the moving average (this process's; not saved)
         self._since: Optional[float] = None
 
     # time
@@ -62,6 +67,16 @@ class TimeBudget:
     def add_epoch_overhead(self, seconds: float) -> None:
         self.overhead_sum += max(0.0, float(seconds))
         self.overhead_count += 1
+
+    def observe(self, seconds: float, steps: int) -> float:
+        """Fold ``steps`` training steps that took ``seconds`` into the moving average of the seconds per step (a
+        stretch weighs by its length against ``SMOOTHING_SECONDS``) and return the average."""
+        rate = seconds / max(1, steps)
+        if self.step_seconds is None:
+            self.step_seconds = rate
+        else:
+            self.step_seconds += min(1.0, seconds / SMOOTHING_SECONDS) * (rate - self.step_seconds)
+        return self.step_seconds
 
     @property
     def epoch_overhead(self) -> float:
@@ -137,4 +152,4 @@ class TimeBudget:
         self.end_step = min(int(state["end_step"]), self.max_epochs * self.steps_per_epoch)
         self.anchor_step, self.anchor_pos = int(state["anchor_step"]), float(state["anchor_pos"])
         self.overhead_sum, self.overhead_count = float(state["overhead_sum"]), int(state["overhead_count"])
-        self._since = None
+        self.step_seconds, self._since = None, None

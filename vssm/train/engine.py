@@ -624,7 +624,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     run_start = time.perf_counter()
     last_eval: Dict[str, Any] = history[-1] if history else {}
     planned = epochs  # the epochs the run will have begun: --epochs, or the time budget's plan
-    budget_mark: Optional[Tuple[float, int]] = None  # (time, step in epoch) the budget measures step times from
+    budget_mark: Optional[Tuple[float, int]] = None  # (time, step in epoch) the budget measures the next steps from
     steps_end: Optional[float] = None  # when the previous epoch's steps ended (its end's overhead follows)
     reported_end = 0  # the time budget's end step as last logged
     if budget is not None:
@@ -697,12 +697,11 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
                 t_window, window_images = now, 0
                 window_sum.zero_()
                 if budget is not None:
-                    if budget_mark is None:  # this process's first window holds its start-up: no measure of speed
-                        budget_mark = (time_budget.clock(), step + 1)
-                    else:
+                    if budget_mark is not None:  # this process's first window holds its start-up: no measure
                         reported_end = _replan(budget, budget_mark, step + 1, global_step, steps_per_epoch,
                                                reported_end, device, dist, log)
                         planned = budget.epochs
+                    budget_mark = (time_budget.clock(), step + 1)
             progress.update(step + 1, 1, stats)
             if save_every and global_step % save_every == 0 and step + 1 < steps_per_epoch:
                 save(epoch, step + 1, epoch)
@@ -837,18 +836,18 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
 
 def _replan(budget: "time_budget.TimeBudget", mark: Tuple[float, int], step_in_epoch: int, global_step: int,
             steps_per_epoch: int, reported_end: int, device: torch.device, dist: DistInfo, log: "Logger") -> int:
-    """Remake the time budget's plan from the seconds per step since ``mark`` in this epoch. The measures are
-    averaged over the processes first, so that every process plans the same end. Logs the plan when it has moved
-    by a tenth of an epoch or more since ``reported_end`` (it moves by a few steps at most windows); returns the
-    end step last logged."""
+    """Remake the time budget's plan, the steps since ``mark`` (in this epoch) folded into its seconds per step.
+    The measures are averaged over the processes first, so that every process plans the same end. Logs the plan when it has moved
+    by a tenth of an epoch and 2% of the run or more since ``reported_end`` (measured speeds jitter, so it moves by
+    a few steps at most windows); returns the end step last logged."""
     t0, s0 = mark
     if step_in_epoch <= s0:
         return reported_end
-    local = [budget.elapsed(), (time_budget.clock() - t0) / (step_in_epoch - s0), budget.epoch_overhead]
+    local = [budget.elapsed(), budget.observe(time_budget.clock() - t0, step_in_epoch - s0), budget.epoch_overhead]
     values = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=device), dist) / dist.world_size
     elapsed, step_seconds, overhead = values.tolist()
     budget.replan(global_step, step_seconds, elapsed, overhead)
-    if abs(budget.end_step - reported_end) * 10 < steps_per_epoch:
+    if abs(budget.end_step - reported_end) < max(steps_per_epoch / 10, budget.end_step / 50):
         return reported_end
     log(f"time budget: {elapsed / 60:.2f} of {budget.seconds / 60:g} min used at {step_seconds * 1e3:.0f} ms per step "
         f"and {overhead:.1f} s per epoch end: the run now ends after {budget.end_step / steps_per_epoch:.2f} epochs "

@@ -1,33 +1,47 @@
 #!/usr/bin/env bash
-# Architecture screen on Fashion-MNIST: several model shapes of about vmamba_nano's size trained side by side on one
-# GPU with the `fashion-mnist` preset for a short schedule (benchmarks/results/fashion-mnist.md, "Architecture screen").
-# The runs share the GPU, so their speeds are not comparable; their accuracies are. Each run stops at the first epoch
-# end after STOP minutes; repeat the same command on the same (warm) machine until every run has finished.
+# Screens on Fashion-MNIST: several runs of about vmamba_nano's size trained side by side on one GPU with the
+# `fashion-mnist` preset for a short schedule (benchmarks/results/fashion-mnist.md, "Architecture screen"). SCREEN
+# picks the list: `arch` (default) changes the model's shape, `batch` the batch size (lr scaled by the square root of
+# the batch ratio, EMA decay kept at the same horizon in epochs). An entry is NAME=MODEL[:JSON kwargs][|vssm train
+# flags]; the flags after `|` are appended to --train-args. The runs share the GPU, so their speeds are not
+# comparable; their accuracies are. Each run stops at the first epoch end after STOP minutes; repeat the same command
+# on the same (warm) machine until every run has finished.
 #
-#   EPOCHS=72 STOP=8 bash benchmarks/fashion_mnist_screen.sh                 # all variants
+#   EPOCHS=72 STOP=8 bash benchmarks/fashion_mnist_screen.sh                 # all variants of the arch screen
 #   ONLY="ctrl msv3" bash benchmarks/fashion_mnist_screen.sh                 # continue two of them only
+#   SCREEN=batch EPOCHS=72 STOP=8.3 bash benchmarks/fashion_mnist_screen.sh  # the batch screen (b256, b128)
 #   GPU_TESTS=1 bash ...                                                     # also run `pytest -m gpu` meanwhile
+#   COMPILE= DRIVER_ARGS=--smoke R=/tmp/r W=/tmp/w bash ...                  # a CPU check of the script (tiny runs)
 #
-# Results: $W/<name>/results.md (table row after the last epoch), build/screen-runs/<name>/log.jsonl (every epoch).
+# Results: $W/<name>/results.md (table row after the last epoch), $R/<name>/log.jsonl (every epoch), R defaulting to
+# build/screen-runs; with $OUT set, the logs are packed into $OUT/screen.tgz.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-.}
 export VSSM_FASHION_MNIST_DIR=${VSSM_FASHION_MNIST_DIR:-$PWD/build/fashion-mnist}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor}
-EPOCHS=${EPOCHS:-72}; STOP=${STOP:-8}; ONLY=${ONLY:-}; W=${W:-build/screen-out}
+EPOCHS=${EPOCHS:-72}; STOP=${STOP:-8}; ONLY=${ONLY:-}; W=${W:-build/screen-out}; R=${R:-build/screen-runs}
+SCREEN=${SCREEN:-arch}; COMPILE=${COMPILE-reduce-overhead}; DRIVER_ARGS=${DRIVER_ARGS:-}
 mkdir -p "$W"
-VARIANTS=(
-  'ctrl=vmamba_nano'
-  'msv3=msvmambav3_tiny_224:{"dims":[96,192,384],"depths":[2,4,4]}'  # = msvmambav3_nano
-  'd266=vmamba_nano:{"dims":[80,160,320],"depths":[2,6,6]}'
-  'd444=vmamba_nano:{"depths":[4,4,4]}'
-)
+case "$SCREEN" in
+  arch) VARIANTS=(
+    'ctrl=vmamba_nano'
+    'msv3=msvmambav3_tiny_224:{"dims":[96,192,384],"depths":[2,4,4]}'  # = msvmambav3_nano
+    'd266=vmamba_nano:{"dims":[80,160,320],"depths":[2,6,6]}'
+    'd444=vmamba_nano:{"depths":[4,4,4]}'
+  ) ;;
+  batch) VARIANTS=(  # the control (batch 512, lr 2e-3, EMA 0.999) is the arch screen's ctrl
+    'b256=vmamba_nano|--batch-size 256 --lr 2.828e-3 --ema-decay 0.9995'  # effective lr 1.414e-3 (lr_base_batch 512)
+    'b128=vmamba_nano|--batch-size 128 --lr 4e-3 --ema-decay 0.99975'     # effective lr 1e-3
+  ) ;;
+  *) echo "SCREEN must be arch or batch, got '$SCREEN'"; exit 2 ;;
+esac
 for v in "${VARIANTS[@]}"; do
-  n=${v%%=*}
+  n=${v%%=*}; spec=${v%%|*}; extra=; if [[ $v == *"|"* ]]; then extra=" ${v#*|}"; fi
   if [ -n "$ONLY" ] && [[ " $ONLY " != *" $n "* ]]; then continue; fi
-  python3 benchmarks/fashion_mnist_gpu.py --out "$W/$n" --runs-dir build/screen-runs \
-    --data-dir "$VSSM_FASHION_MNIST_DIR" --models "$n" --variant "$v" --epochs "$EPOCHS" \
-    --stop-after-minutes "$STOP" --compile-mode reduce-overhead --train-args "--eval-every 8" \
-    > "$W/$n.driver.log" 2>&1 &
+  python3 benchmarks/fashion_mnist_gpu.py --out "$W/$n" --runs-dir "$R" \
+    --data-dir "$VSSM_FASHION_MNIST_DIR" --models "$n" --variant "$spec" --epochs "$EPOCHS" \
+    --stop-after-minutes "$STOP" ${COMPILE:+--compile-mode "$COMPILE"} $DRIVER_ARGS \
+    --train-args "--eval-every 8$extra" > "$W/$n.driver.log" 2>&1 &
 done
 if [ -n "${GPU_TESTS:-}" ]; then
   timeout "${TEST_TIMEOUT:-300}" python3 -m pytest -q -p no:cacheprovider -m gpu --durations=15 tests/ \
@@ -39,7 +53,7 @@ wait
 for v in "${VARIANTS[@]}"; do
   n=${v%%=*}
   echo "== $n (epoch, EMA top-1, raw top-1, train loss, img/s)"
-  grep -h '"type": "epoch"' "build/screen-runs/$n/log.jsonl" 2>/dev/null | python3 -c '
+  grep -h '"type": "epoch"' "$R/$n/log.jsonl" 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     r = json.loads(line)
@@ -48,6 +62,5 @@ for line in sys.stdin:
   tail -3 "$W/$n.driver.log"
 done
 if [ -n "${OUT:-}" ]; then
-  tar czf "$OUT/screen.tgz" "$W" build/screen-runs/*/log.jsonl build/screen-runs/*/summary.json \
-    build/screen-runs/*/eval*.json 2>/dev/null
+  tar czf "$OUT/screen.tgz" "$W" "$R"/*/log.jsonl "$R"/*/summary.json "$R"/*/eval*.json 2>/dev/null
 fi

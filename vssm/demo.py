@@ -62,8 +62,8 @@ def main(args: argparse.Namespace) -> int:
     given["epochs"] = cfg["epochs"]
     if cfg.get("time_budget"):
         print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {args.minutes:g} minutes ({where}): the run "
-              f"measures its speed as it goes and fits its steps (at most {args.max_epochs} epochs) and its learning-rate "
-              f"schedule to the time", flush=True)
+              f"measures its speed as it goes and fits its steps (at most {args.max_epochs} epochs) and its "
+              f"learning-rate schedule to the time", flush=True)
     else:
         print(f"vssm demo: training {cfg['model']} on Fashion-MNIST for {cfg['epochs']} epochs ({where})", flush=True)
     try:

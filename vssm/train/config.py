@@ -287,9 +287,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("optimisation")
     _opt(g, "epochs", "training epochs (with --time-budget: at most this many)", type=int)
     _opt(g, "time-budget", "train for about M minutes of wall time: the run measures its own speed as it goes and "
-         "fits the number of whole epochs (at most --epochs) and the cosine schedule to the time left, so it ends "
-         "annealed near M minutes on any host (evaluations and checkpoints included; not bit-reproducible)",
-         type=float)
+         "fits its steps (at most --epochs epochs; the last epoch may be partial) and the cosine schedule to the "
+         "time left, so it ends "
+         "annealed near M minutes on any host (the training loop's time: evaluations, checkpoints and compilation "
+         "included, the process start-up not; not bit-reproducible)",
+         type=float, metavar="M")
     _opt(g, "batch-size", "batch size per process (global batch = this x number of processes)", type=int)
     _opt(g, "opt", "timm optimizer name (adamw, sgd, lamb, ...)")
     _opt(g, "lr", "peak learning rate (scaled by global batch / --lr-base-batch when that is set)", type=float)

@@ -568,7 +568,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         f"lr {lrs['lr']:.3g} (warm-up {warmup_steps} steps), amp {str(amp).replace('torch.', '') if amp else 'none'}, "
         f"ema {'%.4g' % cfg['ema_decay'] if ema is not None else 'off'}"
         f"{', sam rho %g from epoch %d' % (cfg['sam_rho'], sam_start_epoch) if sam is not None else ''}"
-        f"{', time budget %g min (the epochs, at most %d, fitted to it)' % (cfg['time_budget'], epochs) if budget else ''}, "
+        f"{', time budget %g min (the steps fitted to it)' % cfg['time_budget'] if budget else ''}, "
         f"output {out_dir}")
 
     progress = _Progress(cfg.get("progress", "auto"), log, dist.is_main)
@@ -837,9 +837,9 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
 def _replan(budget: "time_budget.TimeBudget", mark: Tuple[float, int], step_in_epoch: int, global_step: int,
             steps_per_epoch: int, reported_end: int, device: torch.device, dist: DistInfo, log: "Logger") -> int:
     """Remake the time budget's plan, the steps since ``mark`` (in this epoch) folded into its seconds per step.
-    The measures are averaged over the processes first, so that every process plans the same end. Logs the plan when it has moved
-    by a tenth of an epoch and 2% of the run or more since ``reported_end`` (measured speeds jitter, so it moves by
-    a few steps at most windows); returns the end step last logged."""
+    The measures are averaged over the processes first, so that every process plans the same end. Logs the plan
+    when it has moved by a tenth of an epoch and 2% of the run or more since ``reported_end`` (measured speeds
+    jitter, so it moves by a few steps at most windows); returns the end step last logged."""
     t0, s0 = mark
     if step_in_epoch <= s0:
         return reported_end

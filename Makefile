@@ -22,7 +22,7 @@ test: install data
 test-all: install data
 	$(PY) -m pytest -q
 
-# train vmamba_femto on Fashion-MNIST here (epochs fitted to ~7 min of training), evaluate it, show the outputs
+# train vmamba_femto on Fashion-MNIST here (its steps fitted to 7.5 min of training: --time-budget), evaluate it, show the outputs
 demo: install data
 	$(PY) -m vssm demo --output runs/demo
 

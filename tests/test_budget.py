@@ -82,6 +82,27 @@ def test_the_seconds_per_step_are_smoothed_but_follow_a_lasting_change():
     assert slow == pytest.approx(2e-3, rel=0.05)
 
 
+def test_replan_plans_from_the_measures_averaged_over_processes(monkeypatch):
+    """The engine's replan averages (elapsed, seconds per step, epoch-end seconds) over the processes before
+    planning, so every process plans the same end whatever its own clock says."""
+    from types import SimpleNamespace
+
+    from vssm.train import engine
+
+    other_rank = torch.tensor([40.0, 3.0, 6.0], dtype=torch.float64)  # elapsed, s per step, s per epoch end
+    monkeypatch.setattr(engine, "all_reduce_sum", lambda t, dist: t + other_rank)
+    now = [100.0]
+    monkeypatch.setattr(time_budget, "clock", lambda: now[0])
+    b = TimeBudget(200, max_epochs=50, steps_per_epoch=10, warmup_steps=0, decay_steps=500)
+    b.start()
+    b.add_epoch_overhead(2.0)
+    now[0] = 120.0  # this process: 20 s used, the last 5 steps took 5 s
+    engine._replan(b, (115.0, 0), 5, 15, 10, 0, torch.device("cpu"), SimpleNamespace(world_size=2), lambda m: None)
+    averaged = TimeBudget(200, 50, 10, 0, 500).fit(2.0, 4.0, left_seconds=200 - 30, global_step=15)
+    local = TimeBudget(200, 50, 10, 0, 500).fit(1.0, 2.0, left_seconds=200 - 20, global_step=15)
+    assert b.end_step == averaged != local
+
+
 def test_budget_state_round_trips():
     b = TimeBudget(100, max_epochs=6, steps_per_epoch=10, warmup_steps=3, decay_steps=57)
     b.add_epoch_overhead(2.0)
@@ -260,3 +281,31 @@ def test_the_last_epoch_may_be_partial_and_the_finished_run_resumes_to_its_end(t
     lrs.clear()
     again = _train(*args, "--resume", "auto")
     assert lrs == [] and again["final"] == summary["final"] and again["global_step"] == 21
+
+
+@needs_data
+def test_ddp_processes_make_the_same_plan(tmp_path):
+    """torchrun, 2 gloo processes under a real 0.25-minute budget: the run replans every 2 steps across both
+    processes, ends near its budget, and rank 0's last checkpoint holds the final step. (Two processes on one host
+    measure nearly the same times, so this is the end-to-end check; that they plan from the averaged measures is
+    checked by test_replan_plans_from_the_measures_averaged_over_processes.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    args = [a for a in TINY if a not in ("--threads", "1")]
+    args[args.index("--batch-size") + 1] = "16"
+    args[args.index("--log-interval") + 1] = "2"
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vssm", "train",
+           *args, "--threads", "1", "--epochs", "500", "--time-budget", "0.25", "--output", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DDP x2 (gloo)" in proc.stdout and "time budget:" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1 <= summary["epochs"] < 500 and summary["global_step"] < 500 * 8
+    assert summary["time_budget"]["used_minutes"] == pytest.approx(0.25, abs=0.05)
+    state = torch.load(out / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert state["global_step"] == summary["global_step"] and state["world_size"] == 2

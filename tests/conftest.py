@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 FIXTURES = Path(os.environ.get("VSSM_FIXTURES", Path(__file__).parent / "fixtures"))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_fixture(name: str):
@@ -32,6 +35,24 @@ def split_fixture(tensors: dict):
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device tool)")
+needs_data = pytest.mark.skipif(
+    not os.path.exists(os.path.join(os.environ.get("VSSM_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
+                                    "t10k-images-idx3-ubyte.gz")),
+    reason="Fashion-MNIST not installed (make data)",
+)
+
+
+def run_vssm(*args: str, nproc: int = 1, fault: str = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m vssm ARGS` in a child process (under torchrun with `nproc` > 1), one OpenMP thread each, the
+    checkout on the path; `fault` sets VSSM_FAULT (vssm/train/faults.py)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("VSSM_FAULT", None)
+    if fault:
+        env["VSSM_FAULT"] = fault
+    launcher = [sys.executable] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run([*launcher, "-m", "vssm", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,10 @@ import os
 import pytest
 import torch
 
+from conftest import needs_data, run_vssm
 from vssm.train import budget as time_budget
 from vssm.train.budget import TimeBudget
 
-HAVE_DATA = os.path.exists(os.path.join(os.environ.get("VSSM_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
-                                        "t10k-images-idx3-ubyte.gz"))
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST not installed (make data)")
 
 
 # ---- the plan on its own ----------------------------------------------------------------------------------------
@@ -289,19 +287,12 @@ def test_ddp_processes_make_the_same_plan(tmp_path):
     processes, ends near its budget, and rank 0's last checkpoint holds the final step. (Two processes on one host
     measure nearly the same times, so this is the end-to-end check; that they plan from the averaged measures is
     checked by test_replan_plans_from_the_measures_averaged_over_processes.)"""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     args = [a for a in TINY if a not in ("--threads", "1")]
     args[args.index("--batch-size") + 1] = "16"
     args[args.index("--log-interval") + 1] = "2"
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vssm", "train",
-           *args, "--threads", "1", "--epochs", "500", "--time-budget", "0.25", "--output", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=240)
+    proc = run_vssm("train", *args, "--threads", "1", "--epochs", "500", "--time-budget", "0.25", "--output", str(out),
+                    nproc=2, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "DDP x2 (gloo)" in proc.stdout and "time budget:" in proc.stdout
     summary = json.loads((out / "summary.json").read_text())

@@ -1,7 +1,7 @@
 """`vssm train` / `vssm eval`: accuracy on a Fashion-MNIST subset, crash-safe resume (SIGKILL mid-epoch and
 mid-checkpoint-write), DDP over gloo equal to one process, ImageFolder data, clear errors, eval JSON.
 
-Subprocess runs use 2 threads and ``--deterministic``; the small runs use a 50k-parameter VMamba so the whole
+Subprocess runs use one thread each and ``--deterministic``; the small runs use a 50k-parameter VMamba so the whole
 file stays within a few minutes on two CPU cores.
 """
 from __future__ import annotations
@@ -10,8 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,17 +17,12 @@ import torch
 import torch.nn as nn
 
 import vssm
-from conftest import requires_cuda
+from conftest import needs_data, requires_cuda, run_vssm
 from vssm.data.tensor_loader import TensorAugment, TensorTrainLoader
 from vssm.train.checkpointing import atomic_write, list_checkpoints
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(os.environ.get("VSSM_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"),
-                                    "t10k-images-idx3-ubyte.gz")),
-    reason="Fashion-MNIST not installed (make data)",
-)
+pytestmark = needs_data
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "vmamba_femto", "--model-kwargs", '{"dims": [16, 32, 64], "depths": [1, 1, 1]}',
         "--img-size", "28", "--train-subset", "256", "--val-subset", "200", "--batch-size", "32", "--epochs", "2",
         "--warmup-epochs", "0.5", "--lr-base-batch", "0", "--translate", "2", "--hflip", "0.5", "--reprob", "0.25",
@@ -37,17 +30,8 @@ TINY = ["--model", "vmamba_femto", "--model-kwargs", '{"dims": [16, 32, 64], "de
         "--save-every-epochs", "1", "--drop-path", "0"]
 
 
-def _env(**extra):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    env.pop("VSSM_FAULT", None)
-    env.update(extra)
-    return env
-
-
-def vssm_cmd(*args, fault=None, check=True, timeout=300):
-    env = _env(**({"VSSM_FAULT": fault} if fault else {}))
-    proc = subprocess.run([sys.executable, "-m", "vssm", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def vssm_cmd(*args, fault=None, check=True, timeout=300, nproc=1):
+    proc = run_vssm(*args, nproc=nproc, fault=fault, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"vssm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -231,10 +215,7 @@ def test_ddp_gloo_two_processes_match_one(reference_run, tmp_path):
     out = tmp_path / "ddp"
     args = [a for a in TINY]
     args[args.index("--batch-size") + 1] = "16"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vssm",
-           "train", *args, "--save-every-steps", "3", "--threads", "1", "--output", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = vssm_cmd("train", *args, "--save-every-steps", "3", "--threads", "1", "--output", str(out), nproc=2)
     assert "DDP x2 (gloo)" in proc.stdout
     one = json.loads((reference_run / "summary.json").read_text())
     two = json.loads((out / "summary.json").read_text())

@@ -1,11 +1,14 @@
 """CPU speed of the portable scan and of the full model, side by side in one process.
 
-    PYTHONPATH=. python benchmarks/scan_cpu.py [--threads 2] [--skip-slow-reference] [--json out.json]
+    PYTHONPATH=. python benchmarks/scan_cpu.py [--threads 2] [--skip-slow-reference] [--demo-only] [--json out.json]
 
 1. selective_scan, the cpu (numba forward) and torch backends vs the sequential reference, forward and
    forward+backward, at VMamba-T stage-1 shapes (B=1 and B=8, K=4, D=96, N=1, L=3136), fp32.
 2. vmamba_tiny_s1l8 (scan backend auto = cpu, and torch) vs timm swin_tiny_patch4_window7_224 (and convnext_tiny)
    forward latency at 1x3x224x224.
+3. What `make demo` trains: the scan forward and forward+backward (cpu backend) at vmamba_femto's three stage shapes
+   for a batch of 64 28-px images (B=64, K=4, N=1; D=48/96/192, L=49/16/4), and its whole training step (forward,
+   backward, AdamW). `--demo-only` runs this section alone.
 Reported: median of the repeats (the reference forward runs 3 times, its forward+backward, minutes, once).
 """
 import argparse
@@ -64,15 +67,63 @@ def model_latency(name, repeats, **kwargs):
         return timed(lambda: model(x), repeats)
 
 
+def demo_times(repeats):
+    """Section 3: {stage shape: (scan fwd s, scan fwd+bwd s)}, and the training step's seconds."""
+    model = vssm.create_model("vmamba_femto", num_classes=10, in_chans=1)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    sizes = []
+    hooks = [stage.blocks.register_forward_hook(lambda m, i, o: sizes.append(o.shape[1] * o.shape[2]))
+             for stage in model.layers]  # channel-last (B, H, W, C): the tokens each stage scans
+    model(x[:1])
+    for h in hooks:
+        h.remove()
+    scans = {}
+    for dim, length in zip(model.dims, sizes):
+        inputs = scan_inputs(64, D=dim, L=length)
+        leaves = [t.clone().requires_grad_(True) for t in inputs]
+
+        def forward():
+            with torch.no_grad():
+                selective_scan(*inputs, backend="cpu")
+
+        scans[f"D={dim}, L={length}"] = (timed(forward, repeats),
+                                         timed(lambda: selective_scan(*leaves, backend="cpu").sum().backward(), repeats))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        train_step()
+    return scans, timed(train_step, 3 * repeats)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-slow-reference", action="store_true", help="skip the reference forward+backward at B=8 (minutes)")
+    parser.add_argument("--demo-only", action="store_true", help="only section 3 (the demo's model)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # as vssm train does
     print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}, timm {timm.__version__}")
+    scans, step = demo_times(args.repeats)
+    print("\n| vmamba_femto scan, B=64, K=4, N=1 | cpu fwd ms | cpu fwd+bwd ms |")
+    print("|---|---|---|")
+    for shape, (fwd, fwd_bwd) in scans.items():
+        print(f"| {shape} | {fwd * 1e3:.2f} | {fwd_bwd * 1e3:.2f} |")
+    print(f"| training step (batch 64, 28 px, fwd + bwd + AdamW) | | {step * 1e3:.1f} |")
+    demo = {"scan_s": scans, "train_step_s": step, "threads": args.threads}
+    if args.demo_only:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"demo": demo}, f, indent=1)
+        return
     rows = []
     print("\n| scan (B, K=4, D=96, N=1, L=3136) | cpu fwd ms | torch fwd ms | reference fwd ms | speed-up cpu / torch "
           "| cpu fwd+bwd ms | torch fwd+bwd ms | reference fwd+bwd ms | speed-up cpu / torch |")
@@ -101,7 +152,7 @@ def main():
         print(f"| {name} | {t * 1e3:.0f} | {t / latencies['swin_tiny_patch4_window7_224']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"scan": rows, "models_s": latencies, "threads": args.threads}, f, indent=1)
+            json.dump({"scan": rows, "models_s": latencies, "threads": args.threads, "demo": demo}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,14 @@ def random_inputs(batch, k, d, n, length, dtype=torch.float32, softplus=True, se
     return inputs, torch.randn(batch, ch, length, generator=g)
 
 
-SHAPES = [  # (batch, K, D, N, L): N=1 hot path and N=16, K=1/2/4, L from 1 to thousands incl. non-powers of two
+SHAPES = [  # (batch, K, D, N, L): N=1 hot path and N=16, K=1/2/4, L from 1 to thousands incl. non-powers of two and
+    # exact multiples of the cpu kernel's chunk
     (2, 4, 8, 1, 1),
     (1, 1, 5, 16, 2),
     (2, 2, 3, 16, 33),
     (2, 4, 6, 1, 129),
     (1, 2, 4, 16, 257),
+    (1, 2, 3, 1, 512),
     (2, 4, 3, 1, 1000),
     (1, 1, 4, 1, 3001),
     (1, 4, 2, 16, 1537),

@@ -184,16 +184,16 @@ def scan_rows_backward(u, delta, A, B, C, D, bias, softplus, dout, du, ddelta, d
             z_r, u_r, dy_r, du_r, dz_r = delta[b, c], u[b, c], dout[b, c], du[b, c], ddelta[b, c]
             a_c, bias_c, d_c = A[c], bias[c], D[c]
             h[:] = 0.0
-            for ci in range(n_chunks):
+            starts[0] = h
+            for ci in range(n_chunks - 1):  # the states entering each chunk (the last chunk's states are not needed)
                 t0 = ci * _CHUNK
-                m = min(_CHUNK, length - t0)
-                starts[ci] = h
-                _discretize(z_r, u_r, bias_c, a_c, B_r, t0, m, softplus, dt, decay, drive)
+                _discretize(z_r, u_r, bias_c, a_c, B_r, t0, _CHUNK, softplus, dt, decay, drive)
                 for n in range(n_state):
                     hn = h[n]
-                    for i in range(m):
+                    for i in range(_CHUNK):
                         hn = decay[n * _CHUNK + i] * hn + drive[n * _CHUNK + i]
                     h[n] = hn
+                starts[ci + 1] = h
             g[:] = 0.0
             a_next[:] = 0.0
             d_skip = f32(0.0)

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ needs_data = pytest.mark.skipif(
 )
 
 
-def run_vssm(*args: str, nproc: int = 1, fault: str = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_vssm(*args: str, nproc: int = 1, fault: Optional[str] = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m vssm ARGS` in a child process (under torchrun with `nproc` > 1), one OpenMP thread each, the
     checkout on the path; `fault` sets VSSM_FAULT (vssm/train/faults.py)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

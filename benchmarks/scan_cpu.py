@@ -45,9 +45,9 @@ def scan_inputs(batch, K=4, D=96, N=1, L=3136):
     ]
 
 
-def scan_times(batch, backend, repeats, backward=True):
-    """(forward seconds, forward+backward seconds or None)."""
-    inputs = scan_inputs(batch)
+def scan_times(batch, backend, repeats, backward=True, **shape):
+    """(forward seconds, forward+backward seconds or None); ``shape``: scan_inputs' K, D, N, L."""
+    inputs = scan_inputs(batch, **shape)
 
     def forward():
         with torch.no_grad():
@@ -79,15 +79,7 @@ def demo_times(repeats):
         h.remove()
     scans = {}
     for dim, length in zip(model.dims, sizes):
-        inputs = scan_inputs(64, D=dim, L=length)
-        leaves = [t.clone().requires_grad_(True) for t in inputs]
-
-        def forward():
-            with torch.no_grad():
-                selective_scan(*inputs, backend="cpu")
-
-        scans[f"D={dim}, L={length}"] = (timed(forward, repeats),
-                                         timed(lambda: selective_scan(*leaves, backend="cpu").sum().backward(), repeats))
+        scans[f"D={dim}, L={length}"] = scan_times(64, "cpu", repeats, D=dim, L=length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def train_step():

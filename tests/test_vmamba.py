@@ -236,6 +236,42 @@ def test_linear2d_gemm_path_matches_the_convolution(layer):
         assert ((got.float() - want).abs().max() / want.abs().max()).item() < 1e-2  # bf16 rounding of the operands
 
 
+@pytest.mark.parametrize(
+    "kernel, stride, size, channels_last, explicit",
+    [
+        (3, 1, (2, 2), True, True),  # vmamba_femto's last stage at 28 px
+        (3, 1, (1, 1), False, True),
+        (3, 1, (2, 5), True, True),
+        (3, 2, (2, 2), False, True),
+        (7, 2, (4, 4), True, True),  # MSVMamba's strided 7x7 on a small map
+        (5, 1, (3, 3), False, False),  # 5x5 on a (B, C, H, W) map keeps the padded convolution
+        (3, 1, (7, 6), True, False),  # the map is not smaller than the kernel
+    ],
+)
+def test_depthwise_conv_small_maps_match_the_padded_convolution(kernel, stride, size, channels_last, explicit):
+    """DepthwiseConv2d pads a CPU map smaller than its kernel before convolving (a faster oneDNN path): the same
+    output and gradients as the 'same'-padded nn.Conv2d with its weights, and the same state_dict."""
+    from vssm.layers import DepthwiseConv2d
+
+    torch.manual_seed(kernel * 10 + stride)
+    conv = DepthwiseConv2d(12, kernel, stride)
+    ref = torch.nn.Conv2d(12, 12, kernel, stride, (kernel - 1) // 2, groups=12)
+    ref.load_state_dict(conv.state_dict())
+    assert list(conv.state_dict()) == ["weight", "bias"]
+    x = torch.randn(3, 12, *size, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    conv, ref = conv.double(), ref.double()
+    assert conv.pads_explicitly(x) == explicit
+    y, want = conv(x), ref(x)
+    torch.testing.assert_close(y, want, rtol=0, atol=1e-12)
+    g = torch.randn_like(want)
+    got_grads = torch.autograd.grad(y, (x, conv.weight, conv.bias), g)
+    for got, ref_grad in zip(got_grads, torch.autograd.grad(want, (x, ref.weight, ref.bias), g)):
+        torch.testing.assert_close(got, ref_grad, rtol=0, atol=1e-12)
+
+
 def _saved_bytes(fn, params):
     """Bytes of the tensors autograd keeps for the backward while fn() runs: each storage once, the parameters'
     own storages not counted (they exist anyway)."""

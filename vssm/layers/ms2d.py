@@ -40,7 +40,7 @@ from torch import Tensor
 from ..ops.ms_scan import MS_FULL_RES, MS_LOW_RES, direction_merge, direction_scan
 from ..ops.selective_scan import selective_scan
 from ..ops.layer_norm import autocast_enabled
-from .common import LN_EPS, GatedMlp, Mlp, PointwiseConv2d, make_act, make_linear, make_norm
+from .common import LN_EPS, DepthwiseConv2d, GatedMlp, Mlp, PointwiseConv2d, make_act, make_linear, make_norm
 
 __all__ = ["MS2D", "MS2DVariant", "ms2d_variant", "SEModule", "ConvFFN", "MSVSSBlock"]
 
@@ -111,7 +111,7 @@ class ConvFFN(nn.Module):
         self.act = nn.GELU()
         self.linear2 = PointwiseConv2d(hidden, channels)
         self.drop2 = nn.Dropout(drop)
-        self.dwc = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.dwc = DepthwiseConv2d(hidden, 3)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop1(self.linear1(x))
@@ -180,8 +180,8 @@ class MS2D(nn.Module):
         self.se = SEModule(d_inner, se_reduction, channel_first) if add_se else None
         d_proj = d_inner * (2 if variant.gated else 1)
 
-        def conv(kernel: int, stride: int) -> nn.Conv2d:
-            return nn.Conv2d(d_inner, d_inner, kernel, stride, (kernel - 1) // 2, groups=d_inner, bias=conv_bias)
+        def conv(kernel: int, stride: int) -> DepthwiseConv2d:
+            return DepthwiseConv2d(d_inner, kernel, stride, bias=conv_bias)
 
         if generation == 1:  # module order = official state_dict order
             self.in_proj = linear(d_model, d_proj, bias=bias)

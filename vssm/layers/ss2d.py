@@ -22,7 +22,7 @@ from torch import Tensor
 from ..ops.scan_orders import cascade_merge, cascade_scan
 from ..ops.ss2d_scan import scan_unrolled, ss2d_scan
 from ..ops.layer_norm import autocast_enabled
-from .common import LN_EPS, LayerNorm2d, Permute, make_act, make_linear, make_norm
+from .common import LN_EPS, DepthwiseConv2d, LayerNorm2d, Permute, make_act, make_linear, make_norm
 
 __all__ = ["SS2D", "SS2DVariant", "parse_forward_type"]
 
@@ -119,7 +119,7 @@ def _make_out_norm(kind: str, dim: int, channel_first: bool) -> nn.Module:
         return _SoftmaxSpatial(channel_first)
     to_first = nn.Identity() if channel_first else Permute(0, 3, 1, 2)
     to_last = nn.Identity() if channel_first else Permute(0, 2, 3, 1)
-    dwconv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+    dwconv = DepthwiseConv2d(dim, 3, bias=False)
     if kind == "dwconv3":
         return nn.Sequential(to_first, dwconv, to_last)
     return nn.Sequential(make_norm(channel_first)(dim), to_first, dwconv, to_last)  # cnorm
@@ -179,7 +179,7 @@ class SS2D(nn.Module):
         self.in_proj = linear(d_model, d_inner * (2 if variant.gated else 1), bias=bias)
         self.act = act_layer()
         self.conv2d = (
-            nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=conv_bias)
+            DepthwiseConv2d(d_inner, d_conv, bias=conv_bias)
             if d_conv > 1
             else nn.Identity()
         )

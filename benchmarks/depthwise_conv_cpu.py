@@ -1,0 +1,111 @@
+"""CPU: a model's depthwise convolutions with and without DepthwiseConv2d's explicit padding, side by side.
+
+    PYTHONPATH=. python benchmarks/depthwise_conv_cpu.py [--model vmamba_femto] [--img-size 28] [--in-chans 1] \\
+        [--batch 64] [--threads 2] [--rounds 6] [--json out.json]
+
+1. Every DepthwiseConv2d of the model, at the input shape one forward gives it: forward + backward (input, weight
+   and bias gradients) as the layer runs it (padding the map first where ``pads_explicitly`` says so) and as the
+   plain 'same'-padded convolution.
+2. The model's training step (forward, backward, AdamW on random data), both ways.
+Rounds alternate the two ways so that a noisy host slows both alike; the medians are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import vssm
+from vssm.layers import DepthwiseConv2d
+
+EXPLICIT = DepthwiseConv2d.pads_explicitly
+
+
+def use_explicit_padding(on: bool) -> None:
+    DepthwiseConv2d.pads_explicitly = EXPLICIT if on else (lambda self, x: False)
+
+
+def seconds_per_call(fn, calls: int) -> float:
+    fn()  # warm-up
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="vmamba_femto")
+    p.add_argument("--img-size", type=int, default=28)
+    p.add_argument("--in-chans", type=int, default=1)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--calls", type=int, default=20, help="calls per timing")
+    p.add_argument("--json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = vssm.create_model(args.model, in_chans=args.in_chans, num_classes=10)
+    x = torch.randn(args.batch, args.in_chans, args.img_size, args.img_size)
+    target = torch.randint(0, 10, (args.batch,))
+
+    layers = []
+    hooks = [m.register_forward_hook(lambda m, inp, out: layers.append((m, inp[0].detach())))
+             for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step():
+        loss = F.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def conv_step(layer, inp):
+        out = layer(inp)
+        out.backward(torch.ones_like(out))
+
+    def describe(layer, inp):
+        last = inp.is_contiguous(memory_format=torch.channels_last) and not inp.is_contiguous()
+        return (f"DepthwiseConv2d({layer.in_channels}, k={layer.kernel_size[0]}, stride={layer.stride[0]}) on "
+                f"{tuple(inp.shape)}{' channels-last' if last else ''}")
+
+    cases = [(describe(m, inp), (lambda m=m, inp=inp.requires_grad_(True): conv_step(m, inp)), EXPLICIT(m, inp))
+             for m, inp in layers]
+    cases.append((f"{args.model} training step (batch {args.batch}, {args.img_size} px, AdamW)", train_step, None))
+    times = {name: {True: [], False: []} for name, _, _ in cases}
+    for _ in range(args.rounds):
+        for on in (False, True):
+            use_explicit_padding(on)
+            for name, fn, _ in cases:
+                times[name][on].append(seconds_per_call(fn, args.calls) * 1e3)
+    use_explicit_padding(True)
+
+    print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; medians of {args.rounds} rounds "
+          f"of {args.calls} calls\n")
+    print("| what | explicit padding taken | plain padded conv (ms) | DepthwiseConv2d (ms) | ratio |")
+    print("|---|---|---|---|---|")
+    rows = []
+    for name, _, explicit in cases:
+        plain, ours = statistics.median(times[name][False]), statistics.median(times[name][True])
+        taken = "-" if explicit is None else ("yes" if explicit else "no")
+        print(f"| {name} | {taken} | {plain:.2f} | {ours:.2f} | {plain / ours:.2f}x |")
+        rows.append(dict(what=name, explicit=explicit, plain_ms=plain, ours_ms=ours, rounds=times[name]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(args=vars(args), torch=torch.__version__, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

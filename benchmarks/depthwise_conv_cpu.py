@@ -18,7 +18,7 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
+from scan_cpu import training_step  # benchmarks/ is on sys.path when this file runs as a script
 
 import vssm
 from vssm.layers import DepthwiseConv2d
@@ -63,13 +63,7 @@ def main() -> int:
     for hook in hooks:
         hook.remove()
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def train_step():
-        loss = F.cross_entropy(model(x), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    train_step = training_step(model, x, target)
 
     def conv_step(layer, inp):
         out = layer(inp)

@@ -67,6 +67,19 @@ def model_latency(name, repeats, **kwargs):
         return timed(lambda: model(x), repeats)
 
 
+def training_step(model, x, target):
+    """A function running one training step of ``model`` on (x, target): forward, cross-entropy, backward, AdamW."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def demo_times(repeats):
     """Section 3: {stage shape: (scan fwd s, scan fwd+bwd s)}, and the training step's seconds."""
     model = vssm.create_model("vmamba_femto", num_classes=10, in_chans=1)
@@ -80,14 +93,7 @@ def demo_times(repeats):
     scans = {}
     for dim, length in zip(model.dims, sizes):
         scans[f"D={dim}, L={length}"] = scan_times(64, "cpu", repeats, D=dim, L=length)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def train_step():
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    train_step = training_step(model, x, y)
     for _ in range(3):
         train_step()
     return scans, timed(train_step, 3 * repeats)

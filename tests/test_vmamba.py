@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import vssm
 from conftest import load_fixture, load_keys, split_fixture
-from vssm.layers import SS2D, parse_forward_type
+from vssm.layers import SS2D, DepthwiseConv2d, parse_forward_type
 
 FIXTURES = ["vmamba_v0_reduced", "vmamba_v2_s2_reduced", "vmamba_v2v_s1_reduced"]
 RELEASED = [
@@ -251,8 +251,6 @@ def test_linear2d_gemm_path_matches_the_convolution(layer):
 def test_depthwise_conv_small_maps_match_the_padded_convolution(kernel, stride, size, channels_last, explicit):
     """DepthwiseConv2d pads a CPU map smaller than its kernel before convolving (a faster oneDNN path): the same
     output and gradients as the 'same'-padded nn.Conv2d with its weights, and the same state_dict."""
-    from vssm.layers import DepthwiseConv2d
-
     torch.manual_seed(kernel * 10 + stride)
     conv = DepthwiseConv2d(12, kernel, stride)
     ref = torch.nn.Conv2d(12, 12, kernel, stride, (kernel - 1) // 2, groups=12)

@@ -272,8 +272,36 @@ def test_cpu_kernel_exp_and_softplus_against_float64():
     assert softplus_f32(edge)[:4].tolist() == [0.0, 0.0, 89.0, np.inf] and np.isnan(softplus_f32(edge)[4])
 
 
+def force_cpu_kernel(monkeypatch, kernel):
+    """Route the cpu backend to one of its kernels: "rows" (vectorised along positions) or "groups" (across
+    channels), whichever ``across_channels`` would pick."""
+    kernels = importlib.import_module("vssm.ops.numba_scan")
+    monkeypatch.setattr(kernels, "across_channels", lambda length, n_state, group_size: kernel == "groups")
+
+
 @needs_numba
-def test_cpu_kernel_propagates_nan():
+@pytest.mark.parametrize("kernel", ["rows", "groups"])
+@pytest.mark.parametrize("shape", [(2, 4, 6, 1, 4), (2, 4, 5, 1, 16), (1, 2, 7, 16, 49), (2, 2, 3, 1, 300),
+                                   (1, 2, 9, 16, 700)], ids=lambda s: "b{}k{}d{}n{}l{}".format(*s))
+def test_cpu_kernels_both_layouts_match_reference(shape, kernel, monkeypatch):
+    """Each kernel at every shape, with and without softplus. The groups kernel keeps a chunk of at most 2^15 states
+    per group, so 700 positions of 16 x 9 states run as four chunks, the last one of 19 positions."""
+    force_cpu_kernel(monkeypatch, kernel)
+    for softplus in (True, False):
+        inputs, dout = random_inputs(*shape, softplus=softplus, seed=sum(shape) + softplus)
+        inputs["delta_bias"] = inputs["delta_bias"].abs()  # without softplus a negative dt makes the states blow up
+        ref_out, ref_grads = run_with_grads({k: v.double() for k, v in inputs.items()}, dout.double(), softplus,
+                                            "reference")
+        out, grads = run_with_grads(inputs, dout, softplus, "cpu")
+        assert rel_err(out, ref_out) < 2e-5
+        for name in NAMES:
+            assert rel_err(grads[name], ref_grads[name]) < 5e-5, (name, softplus)
+
+
+@needs_numba
+@pytest.mark.parametrize("kernel", ["rows", "groups"])
+def test_cpu_kernel_propagates_nan(kernel, monkeypatch):
+    force_cpu_kernel(monkeypatch, kernel)
     inputs, _ = random_inputs(1, 2, 3, 1, 30)
     for name in ("u", "delta", "A", "B"):
         bad = {k: v.clone() for k, v in inputs.items()}

@@ -78,7 +78,9 @@ def selective_scan_cpu_fwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
     """The selective scan forward (shapes as in :func:`vssm.ops.selective_scan`, B and C 4-D): y (batch, K*D, L)."""
     kernels = _kernels()
     y = _POOL.take(tuple(u.shape))
-    kernels.scan_rows(*_kernel_args(kernels, u, delta, A, B, C, D, delta_bias), delta_softplus, y)
+    across = kernels.across_channels(u.shape[-1], A.shape[1], u.shape[1] // B.shape[1])
+    scan = kernels.scan_groups if across else kernels.scan_rows
+    scan(*_kernel_args(kernels, u, delta, A, B, C, D, delta_bias), delta_softplus, y)
     return torch.from_numpy(y).to(out_dtype or u.dtype)
 
 
@@ -103,8 +105,10 @@ def selective_scan_cpu_bwd(dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B:
     dB, dC = torch.empty(B.shape), torch.empty(B.shape)
     dA = torch.empty(batch, channels, n_state)
     dD, dbias = torch.empty(batch, channels), torch.empty(batch, channels)
-    kernels.scan_rows_backward(*_kernel_args(kernels, u, delta, A, B, C, D, delta_bias), delta_softplus,
-                               _as_f32_array(dout), *(t.numpy() for t in (du, ddelta, dA, dB, dC, dD, dbias)))
+    across = kernels.across_channels(u.shape[-1], n_state, channels // B.shape[1])
+    backward = kernels.scan_groups_backward if across else kernels.scan_rows_backward
+    backward(*_kernel_args(kernels, u, delta, A, B, C, D, delta_bias), delta_softplus,
+             _as_f32_array(dout), *(t.numpy() for t in (du, ddelta, dA, dB, dC, dD, dbias)))
     like = lambda t: torch.float32 if t is None else t.dtype  # noqa: E731
     return (du.to(u.dtype), ddelta.to(delta.dtype), dA.sum(0).to(A.dtype), dB.to(B.dtype), dC.to(C.dtype),
             dD.sum(0).to(like(D)), dbias.sum(0).to(like(delta_bias)))

@@ -4,10 +4,15 @@ LLVM, so this still needs no compiler on the user's machine; it is imported only
 Why a kernel: in eager PyTorch every elementwise step of the scan is its own pass over memory and softplus / exp
 dominate (on a 2-core VM, per million fp32 elements: softplus 1.8 ms, exp 0.5 ms, a multiply 0.1 ms), so the
 portable backend cannot go below ~6 ms at VMamba-T stage-1 shapes (benchmarks/results/scan-cpu-2026-11-22.md).
-Here channels are processed in chunks of positions that stay in L1: a vectorised pass computes dt = softplus(z)
+Here long rows are processed in chunks of positions that stay in L1: a vectorised pass computes dt = softplus(z)
 and the decay exp(dt*A) with a polynomial exp and log1p that LLVM turns into SIMD code (libm's expf / log1pf are
 scalar calls that block vectorisation), then a scalar pass runs the recurrence h_t = a_t h_{t-1} + dt_t u_t B_t.
 The backward recomputes the chunk's states from the state entering it and runs the adjoint the same way.
+The group kernels vectorise across channels instead: all channels of a group (they share B and C) step through
+the positions together, on a position-major copy of a chunk of the group's rows. They serve short rows, where the
+loops' set-up along positions costs more than their work (the last stages of a small model: L = 16 or 4), and
+every row with more than one state (d_state 16 of VMamba v0 and Vim), whose recurrence the row kernels run
+scalar (`across_channels`; measured in benchmarks/results/scan-layout-cpu-2026-11-23.md).
 
 Accuracy: exp (degree-7 polynomial after a two-part ln 2 reduction) and softplus are within a few fp32 ulps over
 the whole range (tested against float64); results below 2^-125 flush to zero like denormals under FTZ. State and
@@ -26,6 +31,8 @@ from numba.extending import intrinsic
 
 _CHUNK = 256  # positions per vectorised pass: the chunk's scratch rows stay in L1
 _ROWS = 4  # channels scanned together: independent recurrences hide the FMA latency
+SHORT_GROUP = 20_000  # positions x channels of a group up to which the group kernels serve N = 1 (across_channels)
+_GROUP_STATES = 1 << 15  # floats of state per chunk in the group kernels (128 KiB: the chunk's working set stays in L2)
 
 f32 = np.float32
 _LOG2E, _LN2_HI, _LN2_LO = f32(1.4426950408889634), f32(0.693359375), f32(-2.12194440e-4)
@@ -249,3 +256,208 @@ def scan_rows_backward(u, delta, A, B, C, D, bias, softplus, dout, du, ddelta, d
                 d_bias += _sum(ddt, m)
             dD[b, c] = d_skip
             dbias[b, c] = d_bias
+
+
+
+@_jit(inline="always")
+def _group_rows(x, b, c0, t0, out):
+    """out (m, group_size) = x[b, c0 : c0 + group_size, t0 : t0 + m].T: a chunk of a group's rows, position-major."""
+    for c in range(out.shape[1]):
+        for t in range(out.shape[0]):
+            out[t, c] = x[b, c0 + c, t0 + t]
+
+
+@_jit(inline="always")
+def _ungroup_rows(rows, b, c0, t0, x):
+    """x[b, c0 : c0 + group_size, t0 : t0 + m] = rows.T, for rows (m, group_size)."""
+    for c in range(rows.shape[1]):
+        for t in range(rows.shape[0]):
+            x[b, c0 + c, t0 + t] = rows[t, c]
+
+
+@_jit(inline="always")
+def _group_chunk(length, n_state, group_size):
+    """Positions per chunk of the group kernels: a chunk's states (positions x N x group_size) stay in L2."""
+    return max(1, min(length, _GROUP_STATES // (n_state * group_size)))
+
+
+@_jit(inline="always")
+def _group_dt(z_t, bias_g, softplus, dt):
+    """dt (group_size,) of one position from z_t (group_size,): softplus(z + bias) or z + bias."""
+    if softplus:
+        for c in range(dt.shape[0]):
+            dt[c] = softplus_f32(z_t[c] + bias_g[c])
+    else:
+        for c in range(dt.shape[0]):
+            dt[c] = z_t[c] + bias_g[c]
+
+
+@_jit(inline="always")
+def _group_states(B, b, k, t0, A_g, u_g, z_g, bias_g, softplus, h, dt_g, decay, states):
+    """Steps the group's state h (N, group_size) through a chunk of m positions: dt_g (m, group_size) and, when
+    ``decay`` / ``states`` are given ((m, N, group_size) / (m + 1, N, group_size)), the decays and the states
+    h[t0 - 1], ..., h[t0 + m - 1]."""
+    n_state, group_size = h.shape
+    keep = states.shape[0] > 0
+    if keep:
+        states[0] = h
+    for t in range(u_g.shape[0]):
+        _group_dt(z_g[t], bias_g, softplus, dt_g[t])
+        dt, u_t = dt_g[t], u_g[t]
+        for n in range(n_state):
+            b_tn, a_n, h_n = B[b, k, n, t0 + t], A_g[n], h[n]
+            if keep:
+                a_tn = decay[t, n]
+                for c in range(group_size):
+                    a_tn[c] = exp_f32(dt[c] * a_n[c])
+                for c in range(group_size):
+                    h_n[c] = a_tn[c] * h_n[c] + dt[c] * u_t[c] * b_tn
+                states[t + 1, n] = h_n
+            else:
+                for c in range(group_size):
+                    h_n[c] = exp_f32(dt[c] * a_n[c]) * h_n[c] + dt[c] * u_t[c] * b_tn
+
+
+def across_channels(length: int, n_state: int, group_size: int) -> bool:
+    """Whether :func:`scan_groups` serves rows of this length and state size, in groups of this many channels,
+    better than :func:`scan_rows`: always with more than one state, else for short rows in not too many channels
+    (at N = 1 it is 3-4x faster at L = 4, 1.5x at L = 16, 1.1-1.2x at L = 49 in 48-384 channels, and 0.6-0.9x
+    for 49 positions in 768 channels or for 100 in 384)."""
+    return n_state > 1 or length <= 32 or length * group_size <= SHORT_GROUP
+
+
+@numba.njit(fastmath={"contract", "reassoc"}, error_model="numpy", cache=True)
+def _dot(x, y):
+    """(x * y).sum() in float32, reassociated so that it vectorises."""
+    total = f32(0.0)
+    for i in range(x.shape[0]):
+        total += x[i] * y[i]
+    return total
+
+
+@_jit(parallel=True)
+def scan_groups(u, delta, A, B, C, D, bias, softplus, y):
+    """:func:`scan_rows` vectorised across channels instead of positions: one task per (image, group), whose
+    channels step through the positions together, each step a loop over the group's channels."""
+    batch, channels, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    group_size = channels // groups
+    chunk = _group_chunk(length, n_state, group_size)
+    for task in numba.prange(batch * groups):
+        b, k = task // groups, task % groups
+        c0 = k * group_size
+        D_g, bias_g = D[c0 : c0 + group_size], bias[c0 : c0 + group_size]
+        A_g = np.ascontiguousarray(A[c0 : c0 + group_size].T)  # (N, group_size)
+        u_g = np.empty((chunk, group_size), np.float32)
+        z_g = np.empty((chunk, group_size), np.float32)
+        dt_g = np.empty((chunk, group_size), np.float32)
+        y_g = np.empty((chunk, group_size), np.float32)
+        h = np.zeros((n_state, group_size), np.float32)
+        for t0 in range(0, length, chunk):
+            m = min(chunk, length - t0)
+            _group_rows(u, b, c0, t0, u_g[:m])
+            _group_rows(delta, b, c0, t0, z_g[:m])
+            for t in range(m):
+                _group_dt(z_g[t], bias_g, softplus, dt_g[t])
+                dt, u_t, y_t = dt_g[t], u_g[t], y_g[t]
+                for c in range(group_size):
+                    y_t[c] = D_g[c] * u_t[c]
+                for n in range(n_state):
+                    b_tn, c_tn, a_n, h_n = B[b, k, n, t0 + t], C[b, k, n, t0 + t], A_g[n], h[n]
+                    for c in range(group_size):
+                        h_n[c] = exp_f32(dt[c] * a_n[c]) * h_n[c] + dt[c] * u_t[c] * b_tn
+                    for c in range(group_size):
+                        y_t[c] += h_n[c] * c_tn
+            _ungroup_rows(y_g[:m], b, c0, t0, y)
+
+
+@_jit(parallel=True)
+def scan_groups_backward(u, delta, A, B, C, D, bias, softplus, dout, du, ddelta, dA, dB, dC, dD, dbias):
+    """:func:`scan_rows_backward` vectorised across the channels of a group like :func:`scan_groups`. A forward
+    pass keeps the state entering each chunk of positions; then, chunk by chunk from the end, the chunk's decays
+    and states are recomputed and the adjoint g_t = a_{t+1} g_{t+1} + C_t dy_t runs back through it, forming the
+    gradients as it goes."""
+    batch, channels, length = u.shape
+    groups, n_state = B.shape[1], A.shape[1]
+    group_size = channels // groups
+    chunk = _group_chunk(length, n_state, group_size)
+    n_chunks = (length + chunk - 1) // chunk
+    no_states = np.empty((0, n_state, group_size), np.float32)
+    for task in numba.prange(batch * groups):
+        b, k = task // groups, task % groups
+        c0 = k * group_size
+        D_g, bias_g = D[c0 : c0 + group_size], bias[c0 : c0 + group_size]
+        A_g = np.ascontiguousarray(A[c0 : c0 + group_size].T)  # (N, group_size)
+        u_g = np.empty((chunk, group_size), np.float32)
+        z_g = np.empty((chunk, group_size), np.float32)
+        dy_g = np.empty((chunk, group_size), np.float32)
+        dt_g = np.empty((chunk, group_size), np.float32)
+        du_g = np.empty((chunk, group_size), np.float32)
+        dz_g = np.empty((chunk, group_size), np.float32)
+        decay = np.empty((chunk, n_state, group_size), np.float32)
+        states = np.empty((chunk + 1, n_state, group_size), np.float32)  # h[t0 - 1], h[t0], ..., h[t0 + m - 1]
+        starts = np.empty((n_chunks, n_state, group_size), np.float32)
+        h = np.zeros((n_state, group_size), np.float32)
+        for ci in range(n_chunks - 1):  # the states entering each chunk (the last chunk's states are not needed)
+            starts[ci] = h
+            _group_rows(u, b, c0, ci * chunk, u_g)
+            _group_rows(delta, b, c0, ci * chunk, z_g)
+            _group_states(B, b, k, ci * chunk, A_g, u_g, z_g, bias_g, softplus, h, dt_g, no_states, no_states)
+        starts[n_chunks - 1] = h
+        g = np.zeros((n_state, group_size), np.float32)
+        a_after = np.zeros((n_state, group_size), np.float32)  # the decay at the position after the chunk
+        dA_g = np.zeros((n_state, group_size), np.float32)
+        dD_g = np.zeros(group_size, np.float32)
+        dbias_g = np.zeros(group_size, np.float32)
+        g_dt = np.empty(group_size, np.float32)
+        g_decay = np.empty(group_size, np.float32)
+        for ci in range(n_chunks - 1, -1, -1):
+            t0 = ci * chunk
+            m = min(chunk, length - t0)
+            _group_rows(u, b, c0, t0, u_g[:m])
+            _group_rows(delta, b, c0, t0, z_g[:m])
+            _group_rows(dout, b, c0, t0, dy_g[:m])
+            h[:] = starts[ci]
+            _group_states(B, b, k, t0, A_g, u_g[:m], z_g[:m], bias_g, softplus, h, dt_g, decay, states)
+            for t in range(m - 1, -1, -1):
+                dt, u_t, dy_t, du_t, ddt = dt_g[t], u_g[t], dy_g[t], du_g[t], dz_g[t]
+                for c in range(group_size):
+                    du_t[c] = D_g[c] * dy_t[c]
+                    ddt[c] = 0.0
+                for n in range(n_state):
+                    b_tn, c_tn, a_n, g_n = B[b, k, n, t0 + t], C[b, k, n, t0 + t], A_g[n], g[n]
+                    a_next = decay[t + 1, n] if t + 1 < m else a_after[n]
+                    for c in range(group_size):
+                        g_n[c] = a_next[c] * g_n[c] + c_tn * dy_t[c]
+                    dC[b, k, n, t0 + t] = _dot(states[t + 1, n], dy_t)
+                    for c in range(group_size):
+                        g_dt[c] = g_n[c] * dt[c]
+                    dB[b, k, n, t0 + t] = _dot(g_dt, u_t)
+                    h_prev, a_tn, dA_n = states[t, n], decay[t, n], dA_g[n]
+                    for c in range(group_size):
+                        g_decay[c] = g_n[c] * h_prev[c] * a_tn[c]  # dL/d(dt*A)
+                    for c in range(group_size):
+                        du_t[c] += g_dt[c] * b_tn
+                    for c in range(group_size):
+                        ddt[c] += g_decay[c] * a_n[c] + g_n[c] * u_t[c] * b_tn
+                    for c in range(group_size):
+                        dA_n[c] += g_decay[c] * dt[c]
+                if softplus:  # d softplus / dz = sigmoid(z), as in scan_rows_backward
+                    z_t = z_g[t]
+                    for c in range(group_size):
+                        z = z_t[c] + bias_g[c]
+                        e = exp_f32(-abs(z))
+                        s = f32(1.0) / (f32(1.0) + e)
+                        ddt[c] *= s if z >= f32(0.0) else e * s
+                for c in range(group_size):
+                    dD_g[c] += dy_t[c] * u_t[c]
+                for c in range(group_size):
+                    dbias_g[c] += ddt[c]
+            a_after[:] = decay[0]
+            _ungroup_rows(du_g[:m], b, c0, t0, du)
+            _ungroup_rows(dz_g[:m], b, c0, t0, ddelta)
+        for c in range(group_size):
+            for n in range(n_state):
+                dA[b, c0 + c, n] = dA_g[n, c]
+            dD[b, c0 + c] = dD_g[c]
+            dbias[b, c0 + c] = dbias_g[c]

@@ -276,6 +276,16 @@ def _ungroup_rows(rows, b, c0, t0, x):
 
 
 @_jit(inline="always")
+def _group_task(task, groups, group_size, A, D, bias):
+    """A group kernel's task: its image b, group k, first channel c0, and the group's D, bias (group_size,) and
+    A transposed (N, group_size)."""
+    b, k = task // groups, task % groups
+    c0 = k * group_size
+    A_g = np.ascontiguousarray(A[c0 : c0 + group_size].T)
+    return b, k, c0, D[c0 : c0 + group_size], bias[c0 : c0 + group_size], A_g
+
+
+@_jit(inline="always")
 def _group_chunk(length, n_state, group_size):
     """Positions per chunk of the group kernels: a chunk's states (positions x N x group_size) stay in L2."""
     return max(1, min(length, _GROUP_STATES // (n_state * group_size)))
@@ -344,10 +354,7 @@ def scan_groups(u, delta, A, B, C, D, bias, softplus, y):
     group_size = channels // groups
     chunk = _group_chunk(length, n_state, group_size)
     for task in numba.prange(batch * groups):
-        b, k = task // groups, task % groups
-        c0 = k * group_size
-        D_g, bias_g = D[c0 : c0 + group_size], bias[c0 : c0 + group_size]
-        A_g = np.ascontiguousarray(A[c0 : c0 + group_size].T)  # (N, group_size)
+        b, k, c0, D_g, bias_g, A_g = _group_task(task, groups, group_size, A, D, bias)
         u_g = np.empty((chunk, group_size), np.float32)
         z_g = np.empty((chunk, group_size), np.float32)
         dt_g = np.empty((chunk, group_size), np.float32)
@@ -384,10 +391,7 @@ def scan_groups_backward(u, delta, A, B, C, D, bias, softplus, dout, du, ddelta,
     n_chunks = (length + chunk - 1) // chunk
     no_states = np.empty((0, n_state, group_size), np.float32)
     for task in numba.prange(batch * groups):
-        b, k = task // groups, task % groups
-        c0 = k * group_size
-        D_g, bias_g = D[c0 : c0 + group_size], bias[c0 : c0 + group_size]
-        A_g = np.ascontiguousarray(A[c0 : c0 + group_size].T)  # (N, group_size)
+        b, k, c0, D_g, bias_g, A_g = _group_task(task, groups, group_size, A, D, bias)
         u_g = np.empty((chunk, group_size), np.float32)
         z_g = np.empty((chunk, group_size), np.float32)
         dy_g = np.empty((chunk, group_size), np.float32)

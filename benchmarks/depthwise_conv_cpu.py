@@ -12,13 +12,11 @@ Rounds alternate the two ways so that a noisy host slows both alike; the medians
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import time
 
 import torch
-from scan_cpu import training_step  # benchmarks/ is on sys.path when this file runs as a script
+from ab_cpu import print_setup, seconds_per_call, write_rows  # benchmarks/ is on sys.path when run as a script
+from scan_cpu import training_step
 
 import vssm
 from vssm.layers import DepthwiseConv2d
@@ -28,14 +26,6 @@ EXPLICIT = DepthwiseConv2d.pads_explicitly
 
 def use_explicit_padding(on: bool) -> None:
     DepthwiseConv2d.pads_explicitly = EXPLICIT if on else (lambda self, x: False)
-
-
-def seconds_per_call(fn, calls: int) -> float:
-    fn()  # warm-up
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
 
 
 def main() -> int:
@@ -85,8 +75,7 @@ def main() -> int:
                 times[name][on].append(seconds_per_call(fn, args.calls) * 1e3)
     use_explicit_padding(True)
 
-    print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; medians of {args.rounds} rounds "
-          f"of {args.calls} calls\n")
+    print_setup(args)
     print("| what | explicit padding taken | plain padded conv (ms) | DepthwiseConv2d (ms) | ratio |")
     print("|---|---|---|---|---|")
     rows = []
@@ -95,9 +84,7 @@ def main() -> int:
         taken = "-" if explicit is None else ("yes" if explicit else "no")
         print(f"| {name} | {taken} | {plain:.2f} | {ours:.2f} | {plain / ours:.2f}x |")
         rows.append(dict(what=name, explicit=explicit, plain_ms=plain, ours_ms=ours, rounds=times[name]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), torch=torch.__version__, rows=rows), f, indent=1)
+    write_rows(args, rows)
     return 0
 
 

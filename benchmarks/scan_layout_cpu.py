@@ -6,7 +6,8 @@
 1. The scan forward and backward (the wrappers of vssm/ops/cpu_ops.py, fp32) at the shapes of vssm's models, each
    forced through one kernel, then the other.
 2. `vmamba_femto`'s training step as `make demo` runs it (batch 64, 28 px, 1 channel, AdamW), and the forward of
-   `vanilla_vmamba_tiny` (d_state 16) and `vmamba_tiny_s1l8` (d_state 1) on one 224 px image: rows only against the rule.
+   `vanilla_vmamba_tiny` (d_state 16) and `vmamba_tiny_s1l8` (d_state 1) on one 224 px image: rows only against
+   the rule.
 Each case alternates the two ways round by round (a round: ``--calls`` calls) so that a noisy host slows both alike;
 the medians of the rounds are reported. `vmamba_tiny_s1l8`, whose every scan the rule leaves to `scan_rows`, is the
 control: both ways run the same code there.
@@ -14,12 +15,10 @@ control: both ways run the same code there.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 
 import torch
-from depthwise_conv_cpu import seconds_per_call  # benchmarks/ is on sys.path when this file runs as a script
+from ab_cpu import print_setup, seconds_per_call, write_rows  # benchmarks/ is on sys.path when run as a script
 from scan_cpu import scan_inputs, training_step
 
 import vssm
@@ -95,8 +94,7 @@ def main() -> int:
                 times[what][way].append(seconds_per_call(fn, args.calls) * 1e3)
     KERNELS.across_channels = RULE
 
-    print(f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}; medians of {args.rounds} rounds "
-          f"of {args.calls} calls\n")
+    print_setup(args)
     print("| what | the rule picks | before (ms) | after (ms) | speed-up |")
     print("|---|---|---|---|---|")
     rows = []
@@ -105,9 +103,7 @@ def main() -> int:
         print(f"| {what} | {picks} | {old:.2f} | {new:.2f} | {old / new:.2f}x |")
         rows.append(dict(what=what, compared=[before, after], picks=picks, before_ms=old, after_ms=new,
                          rounds=times[what]))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(args=vars(args), torch=torch.__version__, rows=rows), f, indent=1)
+    write_rows(args, rows)
     return 0
 
 

@@ -258,7 +258,6 @@ def scan_rows_backward(u, delta, A, B, C, D, bias, softplus, dout, du, ddelta, d
             dbias[b, c] = d_bias
 
 
-
 @_jit(inline="always")
 def _group_rows(x, b, c0, t0, out):
     """out (m, group_size) = x[b, c0 : c0 + group_size, t0 : t0 + m].T: a chunk of a group's rows, position-major."""

@@ -61,7 +61,7 @@ def lead(first: List[float], other: List[float]) -> dict:
                 wins=sum(a > b for a in first for b in other), pairs=len(first) * len(other))
 
 
-def _fmt(x: Optional[float], spec: str = ".2f") -> str:
+def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 

@@ -1,5 +1,5 @@
-"""What the CPU A/B benchmarks share (depthwise_conv_cpu.py, scan_layout_cpu.py): the timing of one round, the
-header line of the results table and the JSON of the rows."""
+"""What the CPU A/B benchmarks share (depthwise_conv_cpu.py, scan_layout_cpu.py): their timing flags, the timing of
+one round, the header line of the results table and the JSON of the rows."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,19 @@ from typing import Callable, List
 import torch
 
 from vssm.benchmark import write_json_atomic
+
+
+def parse_timing_args(p: argparse.ArgumentParser, rounds: int, calls: int) -> argparse.Namespace:
+    """Adds the flags every A/B script takes (--threads, --rounds, --calls, --json; rounds and calls default to the
+    script's own), parses the command line, and sets the torch threads and seed 0 for the run."""
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--calls", type=int, default=calls, help="calls per timing")
+    p.add_argument("--json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return args
 
 
 def seconds_per_call(fn: Callable[[], None], calls: int) -> float:

@@ -15,7 +15,8 @@ import argparse
 import statistics
 
 import torch
-from ab_cpu import print_setup, seconds_per_call, write_rows  # benchmarks/ is on sys.path when run as a script
+# benchmarks/ is on sys.path when run as a script
+from ab_cpu import parse_timing_args, print_setup, seconds_per_call, write_rows
 from scan_cpu import training_step
 
 import vssm
@@ -34,13 +35,7 @@ def main() -> int:
     p.add_argument("--img-size", type=int, default=28)
     p.add_argument("--in-chans", type=int, default=1)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--calls", type=int, default=20, help="calls per timing")
-    p.add_argument("--json")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = parse_timing_args(p, rounds=6, calls=20)
     model = vssm.create_model(args.model, in_chans=args.in_chans, num_classes=10)
     x = torch.randn(args.batch, args.in_chans, args.img_size, args.img_size)
     target = torch.randint(0, 10, (args.batch,))

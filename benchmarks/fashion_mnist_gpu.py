@@ -54,6 +54,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from vssm.train.checkpointing import atomic_write
 from vssm.train.engine import STOPPED_EXIT_CODE
 
 # name in the table -> (model, model kwargs as a function of the image size)
@@ -184,13 +185,18 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def write_json(path: str, obj) -> None:
+    """Atomically (temp file, fsync, rename): results.json accumulates the rows of earlier runs, which a crash
+    mid-write must not lose."""
+    atomic_write(path, json.dumps(obj, indent=2).encode())
+
+
 HEADER_KEYS = ("preset", "img_size", "amp", "compile_mode", "train_args", "device", "torch")  # named in results.md
 
 
 def write_tables(out: str, rows: List[dict], plan: dict) -> None:
     rows = sorted(rows, key=lambda r: (not r["model"].startswith(VSSM_FAMILIES), r["model_name"]))
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"plan": plan, "rows": rows}, f, indent=2)
+    write_json(os.path.join(out, "results.json"), {"plan": plan, "rows": rows})
     lines = [
         f"Fashion-MNIST test top-1 (10,000 images), trained from scratch with `vssm train --preset {plan['preset']}` "
         f"for {plan['epochs']} epochs{'' if isinstance(plan['epochs'], int) else ' (per row: the epochs column)'} "
@@ -218,8 +224,7 @@ def write_tables(out: str, rows: List[dict], plan: dict) -> None:
         lines += ["", f"fp16-AMP check ({c['model']}, {c['epochs']} epochs, GradScaler): non-finite losses "
                       f"{c['nonfinite_losses']}, final top-1 {c['acc1']:.2f}%, all weights finite: {c['weights_finite']}"
                       f" -> {'PASS' if c['passed'] else 'FAIL'}"]
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write(os.path.join(out, "results.md"), ("\n".join(lines) + "\n").encode())
 
 
 def weights_finite(path: str) -> bool:
@@ -332,8 +337,7 @@ def main() -> int:
     plan.update(preset=args.preset, img_size=args.img_size, amp=args.amp, compile_mode=compile_mode(args),
                 train_args=args.train_args, device=device, date=datetime.date.today().isoformat(),
                 torch=torch.__version__)
-    with open(plan_path, "w") as f:
-        json.dump(plan, f, indent=2)
+    write_json(plan_path, plan)
 
     results_path = os.path.join(args.out, "results.json")
     rows = json.load(open(results_path))["rows"] if os.path.exists(results_path) else []
@@ -394,8 +398,7 @@ def main() -> int:
             "weights_finite": finite,
             "passed": summary["nonfinite_losses"] == 0 and finite and acc1 is not None and math.isfinite(acc1),
         }
-        with open(plan_path, "w") as f:
-            json.dump(plan, f, indent=2)
+        write_json(plan_path, plan)
         write_tables(args.out, rows, plan)
         print(f"fp16 check: {plan['fp16_check']}")
     print(open(os.path.join(args.out, "results.md")).read())

@@ -18,7 +18,8 @@ import argparse
 import statistics
 
 import torch
-from ab_cpu import print_setup, seconds_per_call, write_rows  # benchmarks/ is on sys.path when run as a script
+# benchmarks/ is on sys.path when run as a script
+from ab_cpu import parse_timing_args, print_setup, seconds_per_call, write_rows
 from scan_cpu import scan_inputs, training_step
 
 import vssm
@@ -63,13 +64,7 @@ def inference(name: str):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--calls", type=int, default=3, help="calls per round")
-    p.add_argument("--json")
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = parse_timing_args(p, rounds=20, calls=3)
 
     cases = []  # (what, function, the two ways compared, the kernel the rule picks)
     for batch, dim, length, n_state in SCAN_SHAPES:

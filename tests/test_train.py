@@ -7,6 +7,7 @@ file stays within a few minutes on two CPU cores.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -385,6 +386,34 @@ def test_clear_errors(tmp_path, capsys):
     assert code == 2 and "exclude each other" in err
     code, err = _cli(capsys, "train", *TINY, "--device", "cpu", "--cuda-graphs", "--output", str(tmp_path / "g"))
     assert code == 2 and "--cuda-graphs needs one CUDA device" in err
+
+
+@needs_data
+def test_diverged_run_is_reported(tmp_path, capsys):
+    """SGD at lr 5 without clipping blows the loss up, then to NaN. The epoch's train loss is the mean of its finite
+    losses only (the same as the step window's over the whole epoch, not diluted by the non-finite steps as zeros),
+    NaN when none is finite, and an epoch above 1.5 x ln(classes) is called diverged."""
+    from vssm.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--opt", "sgd", "--lr", "5", "--clip-grad", "0", "--warmup-epochs", "0", "--amp", "none",
+            "--log-interval", "8", "--no-plot", "--threads", "1", "--output", str(out)]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    windows = {r["epoch"]: r["loss"] for r in records if r["type"] == "step"}  # one window per epoch
+    assert [r["epoch"] for r in epochs] == [1, 2] and sorted(windows) == [1, 2]
+    assert epochs[0]["nonfinite_losses"] > 0, "the run was meant to overflow"
+    for r in epochs:
+        loss = r["train_loss"]
+        if r["nonfinite_losses"] == 8:
+            assert math.isnan(loss) and math.isnan(windows[r["epoch"]])
+        else:
+            assert loss == pytest.approx(windows[r["epoch"]], rel=1e-9)
+        diverged = f"the train loss of epoch {r['epoch']} ("
+        assert (diverged in stdout) == (loss > 1.5 * math.log(10)), stdout
+    assert "training has diverged. Lower --lr" in stdout
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -52,6 +52,9 @@ RUN_KEYS = {"output", "resume", "overwrite", "progress", "log_interval", "tensor
             "eval_batch_size", "keep_last", "save_every_steps", "save_every_epochs", "limit_val_batches"}
 INVOCATION_KEYS = {"stop_after_minutes", "cuda_graphs"}  # this process's own: never taken from a resumed checkpoint's config
 STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by --stop-after-minutes, continue with --resume auto
+# an epoch's mean train loss this many times a constant uniform guess's, ln(num_classes), means the run has diverged:
+# a model starts at about ln(num_classes) and only goes down from there while it learns
+DIVERGED_LOSS_RATIO = 1.5
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------
@@ -187,6 +190,11 @@ def evaluate(
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
+
+
+def _mean(total: float, count: float) -> float:
+    """The mean of the finite losses summed in total; NaN when every loss was non-finite (not a misleading 0)."""
+    return total / count if count else float("nan")
 
 
 def _seed_everything(seed: int) -> None:
@@ -518,7 +526,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
 
     # position and history
     start_epoch, start_step, global_step = 0, 0, 0
-    epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, images, non-finite losses
+    epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, images of finite losses, non-finite
     history: List[Dict[str, Any]] = []
     step_log: List[List[float]] = []
     best = {"acc1": -1.0, "epoch": -1, "path": None}
@@ -618,7 +626,6 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         barrier(dist)
         return path
 
-    batch_count = torch.tensor(float(local_batch), device=device, dtype=torch.float64)
     save_every_epochs = max(1, int(cfg.get("save_every_epochs") or 1))
     last_plot = -1e9
     run_start = time.perf_counter()
@@ -682,7 +689,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
                 l = loss.detach().double()
                 finite = torch.isfinite(l)
                 l = torch.where(finite, l, torch.zeros_like(l))
-                epoch_sums += torch.stack([l * local_batch, batch_count, (~finite).double()])
+                epoch_sums += torch.stack([l * local_batch, finite.double() * local_batch, (~finite).double()])
                 window_sum += torch.stack([l, finite.double()])
             window_images += local_batch * dist.world_size
             stats = None
@@ -690,7 +697,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
                 now = time.perf_counter()
                 ws = window_sum.tolist()
                 lr = optimizer.param_groups[0]["lr"]
-                stats = {"loss": ws[0] / max(ws[1], 1), "lr": lr, "img_s": window_images / max(now - t_window, 1e-9)}
+                stats = {"loss": _mean(ws[0], ws[1]), "lr": lr, "img_s": window_images / max(now - t_window, 1e-9)}
                 step_log.append([global_step, stats["loss"], lr])
                 outputs.record({"type": "step", "epoch": epoch + 1, "global_step": global_step,
                                 "loss": stats["loss"], "lr": lr, "img_per_s": stats["img_s"]})
@@ -715,7 +722,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "type": "epoch",
             "epoch": epoch + 1,
             "global_step": global_step,
-            "train_loss": sums[0] / max(sums[1], 1),
+            "train_loss": _mean(sums[0], sums[1]),
             "nonfinite_losses": int(sums[2]),
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time": train_time,
@@ -745,6 +752,11 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             log(f"Epoch {epoch + 1}/{planned}: train loss {rec['train_loss']:.4f} ({train_time:.0f}s)")
         if rec["nonfinite_losses"]:
             log(f"warning: {rec['nonfinite_losses']} non-finite losses in epoch {epoch + 1}")
+        if rec["train_loss"] > DIVERGED_LOSS_RATIO * math.log(info.num_classes):
+            log(f"warning: the train loss of epoch {epoch + 1} ({rec['train_loss']:.4g}) is more than "
+                f"{DIVERGED_LOSS_RATIO:g}x that of a constant uniform guess (ln {info.num_classes} = "
+                f"{math.log(info.num_classes):.3f}): training has diverged. Lower --lr (or lengthen "
+                f"--warmup-epochs) and keep --clip-grad on")
         rec["time"] = time.time()
         history.append(rec)
         epoch_sums.zero_()

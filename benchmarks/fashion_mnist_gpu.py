@@ -54,6 +54,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from vssm.benchmark import write_json_atomic
 from vssm.train.checkpointing import atomic_write
 from vssm.train.engine import STOPPED_EXIT_CODE
 
@@ -185,18 +186,12 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def write_json(path: str, obj) -> None:
-    """Atomically (temp file, fsync, rename): results.json accumulates the rows of earlier runs, which a crash
-    mid-write must not lose."""
-    atomic_write(path, json.dumps(obj, indent=2).encode())
-
-
 HEADER_KEYS = ("preset", "img_size", "amp", "compile_mode", "train_args", "device", "torch")  # named in results.md
 
 
 def write_tables(out: str, rows: List[dict], plan: dict) -> None:
     rows = sorted(rows, key=lambda r: (not r["model"].startswith(VSSM_FAMILIES), r["model_name"]))
-    write_json(os.path.join(out, "results.json"), {"plan": plan, "rows": rows})
+    write_json_atomic(os.path.join(out, "results.json"), {"plan": plan, "rows": rows}, indent=2)
     lines = [
         f"Fashion-MNIST test top-1 (10,000 images), trained from scratch with `vssm train --preset {plan['preset']}` "
         f"for {plan['epochs']} epochs{'' if isinstance(plan['epochs'], int) else ' (per row: the epochs column)'} "
@@ -337,7 +332,7 @@ def main() -> int:
     plan.update(preset=args.preset, img_size=args.img_size, amp=args.amp, compile_mode=compile_mode(args),
                 train_args=args.train_args, device=device, date=datetime.date.today().isoformat(),
                 torch=torch.__version__)
-    write_json(plan_path, plan)
+    write_json_atomic(plan_path, plan, indent=2)
 
     results_path = os.path.join(args.out, "results.json")
     rows = json.load(open(results_path))["rows"] if os.path.exists(results_path) else []
@@ -398,7 +393,7 @@ def main() -> int:
             "weights_finite": finite,
             "passed": summary["nonfinite_losses"] == 0 and finite and acc1 is not None and math.isfinite(acc1),
         }
-        write_json(plan_path, plan)
+        write_json_atomic(plan_path, plan, indent=2)
         write_tables(args.out, rows, plan)
         print(f"fp16 check: {plan['fp16_check']}")
     print(open(os.path.join(args.out, "results.md")).read())

@@ -4,9 +4,9 @@
 # picks the list: `arch` (default) changes the model's shape, `batch` the batch size (lr scaled by the square root of
 # the batch ratio, EMA decay kept at the same horizon in epochs), `opt` the optimizer (msvmambav3_nano with SGD,
 # Nesterov momentum 0.9 and weight decay 5e-4 at five learning rates, unscaled by the batch). An entry is
-# NAME=MODEL[:JSON kwargs][|vssm train flags]; the flags after `|` are appended to --train-args. The runs share the GPU, so their speeds are not
-# comparable; their accuracies are. Each run stops at the first epoch end after STOP minutes; repeat the same command
-# on the same (warm) machine until every run has finished.
+# NAME=MODEL[:JSON kwargs][|vssm train flags]; the flags after `|` are appended to --train-args. The runs share the
+# GPU, so their speeds are not comparable; their accuracies are. Each run stops at the first epoch end after STOP
+# minutes; repeat the same command on the same (warm) machine until every run has finished.
 #
 #   EPOCHS=72 STOP=8 bash benchmarks/fashion_mnist_screen.sh                 # all variants of the arch screen
 #   ONLY="ctrl msv3" bash benchmarks/fashion_mnist_screen.sh                 # continue two of them only
@@ -35,12 +35,9 @@ case "$SCREEN" in
     'b256=vmamba_nano|--batch-size 256 --lr 2.828e-3 --ema-decay 0.9995'  # effective lr 1.414e-3 (lr_base_batch 512)
     'b128=vmamba_nano|--batch-size 128 --lr 4e-3 --ema-decay 0.99975'     # effective lr 1e-3
   ) ;;
-  opt) VARIANTS=(  # the control (AdamW 2e-3, weight decay 0.05) is the arch screen's msv3
-    'sgd025=msvmambav3_nano|--opt sgd --momentum 0.9 --weight-decay 5e-4 --lr-base-batch 0 --lr 0.025'
-    'sgd05=msvmambav3_nano|--opt sgd --momentum 0.9 --weight-decay 5e-4 --lr-base-batch 0 --lr 0.05'
-    'sgd1=msvmambav3_nano|--opt sgd --momentum 0.9 --weight-decay 5e-4 --lr-base-batch 0 --lr 0.1'
-    'sgd2=msvmambav3_nano|--opt sgd --momentum 0.9 --weight-decay 5e-4 --lr-base-batch 0 --lr 0.2'
-    'sgd4=msvmambav3_nano|--opt sgd --momentum 0.9 --weight-decay 5e-4 --lr-base-batch 0 --lr 0.4'
+  opt) SGD='msvmambav3_nano|--opt sgd --momentum 0.9 --weight-decay 5e-4 --lr-base-batch 0'
+    VARIANTS=(  # the control (AdamW 2e-3, weight decay 0.05) is the arch screen's msv3
+    "sgd025=$SGD --lr 0.025" "sgd05=$SGD --lr 0.05" "sgd1=$SGD --lr 0.1" "sgd2=$SGD --lr 0.2" "sgd4=$SGD --lr 0.4"
   ) ;;
   *) echo "SCREEN must be arch, batch or opt, got '$SCREEN'"; exit 2 ;;
 esac

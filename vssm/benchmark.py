@@ -172,11 +172,11 @@ def markdown(rows: List[dict], modes: Sequence[str] = MODES) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj, indent: int = 1) -> None:
     """JSON written as checkpoints are (temp file, fsync, rename): a crash never leaves half a results file."""
     from .train.checkpointing import atomic_write
 
-    atomic_write(path, json.dumps(obj, indent=1).encode())
+    atomic_write(path, json.dumps(obj, indent=indent).encode())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -84,6 +84,7 @@ def test_run_outputs(reference_run):
     assert [r["epoch"] for r in lines if r["type"] == "epoch"] == [1, 2]
     assert all(r["type"] == "step" and r["lr"] > 0 for r in lines if r["type"] == "step")
     assert summary["n_images"] == 200 and summary["global_step"] == 16 and summary["nonfinite_losses"] == 0
+    assert summary["diverged_epochs"] == [] and summary["weights_finite"] is True
     # the training checkpoint is plain tensors / containers: weights_only loading and vssm.load_checkpoint work
     state = torch.load(out / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
     assert state["config"]["model"] == "vmamba_femto" and len(state["rng"]) == 1
@@ -412,8 +413,17 @@ def test_diverged_run_is_reported(tmp_path, capsys):
         else:
             assert loss == pytest.approx(windows[r["epoch"]], rel=1e-9)
         diverged = f"the train loss of epoch {r['epoch']} ("
-        assert (diverged in stdout) == (loss > 1.5 * math.log(10)), stdout
+        assert (diverged in stdout) == (loss > 1.5 * math.log(10)), stdout  # NaN: the non-finite warning only
     assert "training has diverged. Lower --lr" in stdout
+    # the end of the run sums it up, after the epochs' warnings have scrolled away
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["diverged_epochs"] == [r["epoch"] for r in epochs if not r["train_loss"] <= 1.5 * math.log(10)]
+    assert summary["diverged_epochs"] and summary["nonfinite_losses"] > 0
+    weights_finite = all(torch.isfinite(t).all() for t in weights(out).values())
+    assert summary["weights_finite"] == weights_finite
+    tail = stdout[stdout.index("warning: this run did not train cleanly"):]
+    assert "non-finite losses" in tail and "diverged train loss" in tail and "done: final Acc@1" in tail
+    assert ("NaN or inf in the exported weights" in tail) == (not weights_finite)
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -197,6 +197,24 @@ def _mean(total: float, count: float) -> float:
     return total / count if count else float("nan")
 
 
+def _health_warning(summary: Dict[str, Any]) -> Optional[str]:
+    """One line that sums up what went wrong in a finished run (its epochs' warnings scroll by long before the end),
+    or None for a clean run."""
+    problems = []
+    if summary["nonfinite_losses"]:
+        problems.append(f"{summary['nonfinite_losses']} non-finite losses")
+    if summary["diverged_epochs"]:
+        epochs = summary["diverged_epochs"]
+        listed = ", ".join(map(str, epochs[:5])) + (f" and {len(epochs) - 5} more" if len(epochs) > 5 else "")
+        problems.append(f"a diverged train loss (epoch{'s' if len(epochs) > 1 else ''} {listed})")
+    if not summary["weights_finite"]:
+        problems.append("NaN or inf in the exported weights, which are unusable")
+    if not problems:
+        return None
+    return (f"warning: this run did not train cleanly: {'; '.join(problems)}. Lower --lr (or lengthen "
+            f"--warmup-epochs), keep --clip-grad on, and prefer --amp bf16 to fp16")
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
@@ -752,7 +770,9 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             log(f"Epoch {epoch + 1}/{planned}: train loss {rec['train_loss']:.4f} ({train_time:.0f}s)")
         if rec["nonfinite_losses"]:
             log(f"warning: {rec['nonfinite_losses']} non-finite losses in epoch {epoch + 1}")
-        if rec["train_loss"] > DIVERGED_LOSS_RATIO * math.log(info.num_classes):
+        # an epoch of non-finite losses only (NaN) has diverged too; its warning is the one above
+        rec["diverged"] = not rec["train_loss"] <= DIVERGED_LOSS_RATIO * math.log(info.num_classes)
+        if rec["diverged"] and math.isfinite(rec["train_loss"]):
             log(f"warning: the train loss of epoch {epoch + 1} ({rec['train_loss']:.4g}) is more than "
                 f"{DIVERGED_LOSS_RATIO:g}x that of a constant uniform guess (ln {info.num_classes} = "
                 f"{math.log(info.num_classes):.3f}): training has diverged. Lower --lr (or lengthen "
@@ -818,6 +838,9 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "n_images": last_eval.get("val_images"),
             "best": best,
             "nonfinite_losses": int(sum(r.get("nonfinite_losses", 0) for r in history)),
+            "diverged_epochs": [r["epoch"] for r in history if r.get("diverged")],
+            "weights_finite": all(bool(torch.isfinite(t).all()) for t in final.state_dict().values()
+                                  if t.is_floating_point()),
             "train_time_s": sum(r.get("epoch_time", 0) for r in history),
             "run_time_s": time.perf_counter() - run_start,
             "weights": weights,
@@ -839,6 +862,9 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2).encode())
         if cfg.get("plot", True):
             _plot_safely(history, step_log, out_dir, log)
+        warning = _health_warning(summary)
+        if warning:
+            log(warning)
         log(f"done: final Acc@1 {summary['final']['acc1']:.3f} ({summary['final']['weights']} weights), best "
             f"{best['acc1']:.3f} at epoch {best['epoch']}; weights {weights}, checkpoint {summary['checkpoint']}")
     outputs.close()

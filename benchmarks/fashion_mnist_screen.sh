@@ -3,7 +3,8 @@
 # `fashion-mnist` preset for a short schedule (benchmarks/results/fashion-mnist.md, "Architecture screen"). SCREEN
 # picks the list: `arch` (default) changes the model's shape, `batch` the batch size (lr scaled by the square root of
 # the batch ratio, EMA decay kept at the same horizon in epochs), `opt` the optimizer (msvmambav3_nano with SGD,
-# Nesterov momentum 0.9 and weight decay 5e-4 at five learning rates, unscaled by the batch). An entry is
+# Nesterov momentum 0.9 and weight decay 5e-4 at five learning rates, unscaled by the batch), `reg` the
+# regularisation of msvmambav3_nano (weight decay 0.2, stochastic depth 0.3, shifts of up to 4 px). An entry is
 # NAME=MODEL[:JSON kwargs][|vssm train flags]; the flags after `|` are appended to --train-args. The runs share the
 # GPU, so their speeds are not comparable; their accuracies are. Each run stops at the first epoch end after STOP
 # minutes; repeat the same command on the same (warm) machine until every run has finished.
@@ -12,6 +13,7 @@
 #   ONLY="ctrl msv3" bash benchmarks/fashion_mnist_screen.sh                 # continue two of them only
 #   SCREEN=batch EPOCHS=72 STOP=8.3 bash benchmarks/fashion_mnist_screen.sh  # the batch screen (b256, b128)
 #   SCREEN=opt bash benchmarks/fashion_mnist_screen.sh                       # the optimizer screen (SGD, lr 0.025-0.4)
+#   SCREEN=reg bash benchmarks/fashion_mnist_screen.sh                       # the regularisation screen
 #   GPU_TESTS=1 bash ...                                                     # also run `pytest -m gpu` meanwhile
 #   COMPILE= DRIVER_ARGS=--smoke R=/tmp/r W=/tmp/w bash ...                  # a CPU check of the script (tiny runs)
 #
@@ -39,7 +41,11 @@ case "$SCREEN" in
     VARIANTS=(  # the control (AdamW 2e-3, weight decay 0.05) is the arch screen's msv3
     "sgd025=$SGD --lr 0.025" "sgd05=$SGD --lr 0.05" "sgd1=$SGD --lr 0.1" "sgd2=$SGD --lr 0.2" "sgd4=$SGD --lr 0.4"
   ) ;;
-  *) echo "SCREEN must be arch, batch or opt, got '$SCREEN'"; exit 2 ;;
+  reg) VARIANTS=(  # the control (weight decay 0.05, drop path 0.2, translate 3) is the arch screen's msv3
+    'wd02=msvmambav3_nano|--weight-decay 0.2' 'dp03=msvmambav3_nano|--drop-path 0.3'
+    'tr4=msvmambav3_nano|--translate 4'
+  ) ;;
+  *) echo "SCREEN must be arch, batch, opt or reg, got '$SCREEN'"; exit 2 ;;
 esac
 for v in "${VARIANTS[@]}"; do
   n=${v%%=*}; spec=${v%%|*}; extra=; if [[ $v == *"|"* ]]; then extra=" ${v#*|}"; fi

@@ -426,6 +426,18 @@ def test_diverged_run_is_reported(tmp_path, capsys):
     assert ("NaN or inf in the exported weights" in tail) == (not weights_finite)
 
 
+def test_health_warning_names_each_problem():
+    from vssm.train.engine import _health_warning
+
+    clean = {"nonfinite_losses": 0, "diverged_epochs": [], "weights_finite": True}
+    assert _health_warning(clean, torch.bfloat16) is None
+    bad = {"nonfinite_losses": 3, "diverged_epochs": list(range(4, 12)), "weights_finite": False}
+    text = _health_warning(bad, None)
+    assert "3 non-finite losses" in text and "(epochs 4, 5, 6, 7, 8 and 3 more)" in text
+    assert "NaN or inf in the exported weights" in text and "fp16" not in text
+    assert "(epoch 7)" in _health_warning(dict(clean, diverged_epochs=[7]), None)
+    assert "prefer --amp bf16 to fp16" in _health_warning(dict(clean, nonfinite_losses=1), torch.float16)
+
 def test_atomic_write_replaces_whole_file(tmp_path):
     path = tmp_path / "f.bin"
     atomic_write(str(path), b"old")

@@ -197,9 +197,9 @@ def _mean(total: float, count: float) -> float:
     return total / count if count else float("nan")
 
 
-def _health_warning(summary: Dict[str, Any]) -> Optional[str]:
+def _health_warning(summary: Dict[str, Any], amp: Optional[torch.dtype]) -> Optional[str]:
     """One line that sums up what went wrong in a finished run (its epochs' warnings scroll by long before the end),
-    or None for a clean run."""
+    or None for a clean run. fp16's narrow range is a cause of its own, so a run in fp16 is told of bf16."""
     problems = []
     if summary["nonfinite_losses"]:
         problems.append(f"{summary['nonfinite_losses']} non-finite losses")
@@ -212,7 +212,7 @@ def _health_warning(summary: Dict[str, Any]) -> Optional[str]:
     if not problems:
         return None
     return (f"warning: this run did not train cleanly: {'; '.join(problems)}. Lower --lr (or lengthen "
-            f"--warmup-epochs), keep --clip-grad on, and prefer --amp bf16 to fp16")
+            f"--warmup-epochs) and keep --clip-grad on" + ("; prefer --amp bf16 to fp16" if amp == torch.float16 else ""))
 
 
 def _seed_everything(seed: int) -> None:
@@ -862,7 +862,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2).encode())
         if cfg.get("plot", True):
             _plot_safely(history, step_log, out_dir, log)
-        warning = _health_warning(summary)
+        warning = _health_warning(summary, amp)
         if warning:
             log(warning)
         log(f"done: final Acc@1 {summary['final']['acc1']:.3f} ({summary['final']['weights']} weights), best "

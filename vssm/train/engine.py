@@ -55,6 +55,7 @@ STOPPED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by --stop-after-minutes, continue
 # an epoch's mean train loss this many times a constant uniform guess's, ln(num_classes), means the run has diverged:
 # a model starts at about ln(num_classes) and only goes down from there while it learns
 DIVERGED_LOSS_RATIO = 1.5
+DIVERGENCE_ADVICE = "Lower --lr (or lengthen --warmup-epochs) and keep --clip-grad on"
 
 
 # ---- small helpers ---------------------------------------------------------------------------------------------
@@ -211,8 +212,8 @@ def _health_warning(summary: Dict[str, Any], amp: Optional[torch.dtype]) -> Opti
         problems.append("NaN or inf in the exported weights, which are unusable")
     if not problems:
         return None
-    return (f"warning: this run did not train cleanly: {'; '.join(problems)}. Lower --lr (or lengthen "
-            f"--warmup-epochs) and keep --clip-grad on" + ("; prefer --amp bf16 to fp16" if amp == torch.float16 else ""))
+    return (f"warning: this run did not train cleanly: {'; '.join(problems)}. {DIVERGENCE_ADVICE}"
+            + ("; prefer --amp bf16 to fp16" if amp == torch.float16 else ""))
 
 
 def _seed_everything(seed: int) -> None:
@@ -775,8 +776,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         if rec["diverged"] and math.isfinite(rec["train_loss"]):
             log(f"warning: the train loss of epoch {epoch + 1} ({rec['train_loss']:.4g}) is more than "
                 f"{DIVERGED_LOSS_RATIO:g}x that of a constant uniform guess (ln {info.num_classes} = "
-                f"{math.log(info.num_classes):.3f}): training has diverged. Lower --lr (or lengthen "
-                f"--warmup-epochs) and keep --clip-grad on")
+                f"{math.log(info.num_classes):.3f}): training has diverged. {DIVERGENCE_ADVICE}")
         rec["time"] = time.time()
         history.append(rec)
         epoch_sums.zero_()

@@ -438,6 +438,7 @@ def test_health_warning_names_each_problem():
     assert "(epoch 7)" in _health_warning(dict(clean, diverged_epochs=[7]), None)
     assert "prefer --amp bf16 to fp16" in _health_warning(dict(clean, nonfinite_losses=1), torch.float16)
 
+
 def test_atomic_write_replaces_whole_file(tmp_path):
     path = tmp_path / "f.bin"
     atomic_write(str(path), b"old")

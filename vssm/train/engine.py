@@ -823,7 +823,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "crop_pct": info.crop_pct,
             "interpolation": info.interpolation,
         }
-        export_safetensors(final.state_dict(), weights, meta)
+        final_state = final.state_dict()
+        export_safetensors(final_state, weights, meta)
         last = history[-1] if history else {}
         final_prefix = "ema_val_" if ema is not None else "val_"
         summary = {
@@ -839,8 +840,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "best": best,
             "nonfinite_losses": int(sum(r.get("nonfinite_losses", 0) for r in history)),
             "diverged_epochs": [r["epoch"] for r in history if r.get("diverged")],
-            "weights_finite": all(bool(torch.isfinite(t).all()) for t in final.state_dict().values()
-                                  if t.is_floating_point()),
+            "weights_finite": all(bool(torch.isfinite(t).all()) for t in final_state.values() if t.is_floating_point()),
             "train_time_s": sum(r.get("epoch_time", 0) for r in history),
             "run_time_s": time.perf_counter() - run_start,
             "weights": weights,

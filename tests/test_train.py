@@ -344,6 +344,53 @@ def test_imagefolder_train_and_eval(tmp_path):
     assert "Test: [1/2]" in proc.stdout
 
 
+def test_val_holdout_is_disjoint_from_training_and_fixed():
+    """The held-out images come from the training split, never reach the training batches, are the same whatever the
+    run's seed, and the subsets are drawn from the right side of the split."""
+    from vssm.data.build import DataError, _indices
+
+    n = 1000
+    cfg = {"val_holdout": 100}
+    train, held = _indices(n, "train", cfg), _indices(n, "holdout", cfg)
+    assert len(held) == 100 and len(train) == 900
+    assert set(train.tolist()).isdisjoint(held.tolist()) and set(train.tolist()) | set(held.tolist()) == set(range(n))
+    assert torch.equal(held, _indices(n, "holdout", {"val_holdout": 100, "seed": 7}))
+    sub_train = _indices(n, "train", {"val_holdout": 100, "train_subset": 50})
+    sub_held = _indices(n, "holdout", {"val_holdout": 100, "val_subset": 30})
+    assert len(sub_train) == 50 and set(sub_train.tolist()) <= set(train.tolist())
+    assert len(sub_held) == 30 and set(sub_held.tolist()) <= set(held.tolist())
+    assert _indices(n, "val", {"val_holdout": 100}) is None  # the val split itself stays whole
+    with pytest.raises(DataError, match="every one of the 1000 training images"):
+        _indices(n, "train", {"val_holdout": 1000})
+
+
+def test_train_with_val_holdout(tmp_path):
+    """A run with --val-holdout evaluates on images of the training file that it never trains on, and best.pth is
+    chosen on them; the loaders read disjoint images."""
+    from vssm.data.build import build_eval_loader, build_train_loader, data_info
+    from vssm.data.fashion_mnist import read_fashion_mnist
+    from vssm.train.config import DEFAULTS
+    from vssm.train.distributed import DistInfo
+
+    cfg = dict(DEFAULTS, data="fashion-mnist", img_size=28, batch_size=64, val_holdout=300, train_subset=2000)
+    info = data_info(cfg)
+    single = DistInfo()
+    train = build_train_loader(cfg, info, single, torch.device("cpu"))
+    held = build_eval_loader(cfg, info, single, torch.device("cpu"))
+    assert (train.num_samples, held.num_samples) == (2000, 300)
+    train_file = {bytes(x) for x in read_fashion_mnist("train")[0]}
+    held_set = {bytes(x) for x in held.images.numpy()}
+    assert held_set <= train_file
+    assert held_set.isdisjoint(bytes(x) for x in train.images.numpy())
+
+    out = tmp_path / "run"
+    proc = vssm_cmd("train", *TINY, "--val-holdout", "150", "--threads", "1", "--output", str(out))
+    assert "256 train / 150 held-out images" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["val_split"] == "holdout" and summary["n_images"] == 150
+    assert summary["best"]["acc1"] == max(r["ema_val_acc1"] for r in summary["history"] if "ema_val_acc1" in r)
+
+
 # ---- errors ---------------------------------------------------------------------------------------------------
 
 
@@ -379,6 +426,10 @@ def test_clear_errors(tmp_path, capsys):
     assert code == 2 and "unknown model" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--stop-after-minutes", "-1")
     assert code == 2 and "--stop-after-minutes must be >= 0" in err
+    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--val-holdout", "-5")
+    assert code == 2 and "--val-holdout is a number of training images" in err
+    code, err = _cli(capsys, "train", *TINY, "--device", "cpu", "--val-holdout", "60000", "--output", str(tmp_path / "h"))
+    assert code == 2 and "hold out fewer" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "-0.05")
     assert code == 2 and "--sam-rho must be >= 0" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "0.05", "--sam-start-epoch", "0")

@@ -16,6 +16,7 @@ __all__ = ["DataInfo", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "data_info", "
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 _SUBSET_SEED = 20240607  # subsets are the same whatever the run's seed
+_HOLDOUT_SEED = 20261124  # so is the held-out validation set, and it is drawn apart from the subsets
 
 
 @dataclass
@@ -43,6 +44,24 @@ def _subset(n: int, k: Optional[int]) -> Optional[torch.Tensor]:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_SUBSET_SEED))[:k].sort().values
 
 
+def _indices(n: int, part: str, cfg: Dict[str, Any]) -> Optional[torch.Tensor]:
+    """Which of a split's ``n`` images a run reads (``None``: all of them, in order).
+
+    ``part`` "train": the training split less the ``val_holdout`` images held out of it, then ``train_subset`` of
+    the rest; "holdout": the held-out images, then ``val_subset`` of them; "val": ``val_subset`` of the val split.
+    """
+    holdout = int(cfg.get("val_holdout") or 0)
+    if part == "val" or not holdout:
+        return _subset(n, cfg.get("val_subset" if part != "train" else "train_subset"))
+    if holdout >= n:
+        raise DataError(f"--val-holdout {holdout} holds out every one of the {n} training images; hold out fewer "
+                        f"(e.g. a tenth: --val-holdout {n // 10})")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
+    index = (order[holdout:] if part == "train" else order[:holdout]).sort().values
+    chosen = _subset(len(index), cfg.get("train_subset" if part == "train" else "val_subset"))
+    return index if chosen is None else index[chosen]
+
+
 def data_info(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> DataInfo:
     """Number of classes, channels, input size and normalisation of the configured data."""
     if _is_fmnist(cfg):
@@ -53,7 +72,8 @@ def data_info(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> D
     from .imagefolder import check_image_folder
 
     if cfg.get("_split", "train") == "train":
-        check_image_folder(cfg["data"], "val")  # fail before any work if the validation half is missing
+        if not cfg.get("val_holdout"):
+            check_image_folder(cfg["data"], "val")  # fail before any work if the validation half is missing
         classes = image_folder_classes(cfg["data"], "train")
     else:
         classes = image_folder_classes(cfg["data"], "val")
@@ -77,10 +97,10 @@ def data_info(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> D
     )
 
 
-def _fmnist_tensors(split: str, device: torch.device, subset: Optional[int]):
-    images, labels = read_fashion_mnist(split)
+def _fmnist_tensors(part: str, device: torch.device, cfg: Dict[str, Any]):
+    images, labels = read_fashion_mnist("test" if part == "val" else "train")
     images, labels = torch.from_numpy(images), torch.from_numpy(labels)
-    index = _subset(len(images), subset)
+    index = _indices(len(images), part, cfg)
     if index is not None:
         images, labels = images[index], labels[index]
     return images.to(device), labels.to(device)
@@ -88,7 +108,7 @@ def _fmnist_tensors(split: str, device: torch.device, subset: Optional[int]):
 
 def build_train_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.device):
     if _is_fmnist(cfg):
-        images, labels = _fmnist_tensors("train", device, cfg.get("train_subset"))
+        images, labels = _fmnist_tensors("train", device, cfg)
         augment = TensorAugment(
             translate=int(cfg.get("translate") or 0), hflip=float(cfg.get("hflip") or 0),
             reprob=float(cfg.get("reprob") or 0), remode=cfg.get("remode") or "pixel",
@@ -117,7 +137,7 @@ def build_train_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.
         re_count=int(cfg.get("recount") or 1),
     )
     dataset = image_folder_dataset(cfg["data"], "train", transform)
-    index = _subset(len(dataset), cfg.get("train_subset"))
+    index = _indices(len(dataset), "train", cfg)
     if index is not None:
         dataset = torch.utils.data.Subset(dataset, index.tolist())
     return ImageFolderLoader(
@@ -127,9 +147,12 @@ def build_train_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.
 
 
 def build_eval_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.device):
+    """The images a run evaluates on: the val split (Fashion-MNIST's test set), or with ``val_holdout`` the images
+    held out of the training split, so that choosing the best epoch leaves the val split unseen."""
     batch = cfg.get("eval_batch_size") or 2 * cfg.get("batch_size", 128)
+    part = "holdout" if cfg.get("val_holdout") else "val"
     if _is_fmnist(cfg):
-        images, labels = _fmnist_tensors("test", device, cfg.get("val_subset"))
+        images, labels = _fmnist_tensors(part, device, cfg)
         return TensorEvalLoader(
             images, labels, batch, info.img_size, info.in_chans, info.mean, info.std, rank=dist.rank,
             world_size=dist.world_size, fit=cfg.get("fit", "auto"), limit_batches=cfg.get("limit_val_batches"),
@@ -140,8 +163,8 @@ def build_eval_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.d
         input_size=(3, info.img_size, info.img_size), is_training=False, interpolation=info.interpolation,
         mean=info.mean, std=info.std, crop_pct=info.crop_pct,
     )
-    dataset = image_folder_dataset(cfg["data"], "val", transform)
-    index = _subset(len(dataset), cfg.get("val_subset"))
+    dataset = image_folder_dataset(cfg["data"], "train" if part == "holdout" else "val", transform)
+    index = _indices(len(dataset), part, cfg)
     if index is not None:
         dataset = torch.utils.data.Subset(dataset, index.tolist())
     return ImageFolderLoader(

@@ -36,6 +36,7 @@ DEFAULTS: Dict[str, Any] = dict(
     fit="auto",
     train_subset=None,
     val_subset=None,
+    val_holdout=0,  # > 0: evaluate during training on this many images held out of the training split
     limit_train_batches=None,
     limit_val_batches=None,
     workers=4,
@@ -260,6 +261,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
          choices=["auto", "pad", "resize"])
     _opt(g, "train-subset", "train on this many images only (a fixed random subset)", type=int)
     _opt(g, "val-subset", "evaluate on this many images only (a fixed random subset)", type=int)
+    _opt(g, "val-holdout", "hold this many images (a fixed random set) out of the training split and evaluate on "
+         "them during training, so that the best epoch (best.pth) is chosen without looking at the val split, "
+         "which `vssm eval` then measures once (0: evaluate on the val split, the default)", type=int, metavar="N")
     _opt(g, "limit-train-batches", "at most this many steps per epoch", type=int)
     _opt(g, "limit-val-batches", "at most this many evaluation batches", type=int)
     _opt(g, "workers", "data loader worker processes (ImageFolder)", type=int)
@@ -365,6 +369,9 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"--time-budget is in minutes and must be > 0, got {cfg['time_budget']:g}")
     if not (cfg.get("sam_rho") or 0) >= 0:
         raise ValueError(f"--sam-rho must be >= 0 (0 turns SAM off), got {cfg['sam_rho']:g}")
+    if (cfg.get("val_holdout") or 0) < 0:
+        raise ValueError(f"--val-holdout is a number of training images and must be >= 0 (0: evaluate on the val "
+                         f"split), got {cfg['val_holdout']}")
     if cfg.get("sam_start_epoch") is not None and cfg["sam_start_epoch"] < 1:
         raise ValueError(f"--sam-start-epoch counts from 1, got {cfg['sam_start_epoch']}")
     if cfg.get("cuda_graphs") and cfg.get("compile"):

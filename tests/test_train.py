@@ -342,6 +342,21 @@ def test_imagefolder_train_and_eval(tmp_path):
                     "--batch-size", "8", "--json", str(tmp_path / "e.json"))
     assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 16
     assert "Test: [1/2]" in proc.stdout
+    # --val-holdout needs no val/ folder: it evaluates on train/ images with the evaluation transform
+    shutil.rmtree(root / "val")
+    from vssm.data.build import build_eval_loader, build_train_loader, data_info
+    from vssm.train.config import DEFAULTS
+    from vssm.train.distributed import DistInfo
+
+    cfg = dict(DEFAULTS, data=str(root), img_size=32, batch_size=4, workers=0, val_holdout=4)
+    info = data_info(cfg)
+    held = build_eval_loader(cfg, info, DistInfo(), torch.device("cpu"))
+    train = build_train_loader(cfg, info, DistInfo(), torch.device("cpu"))
+    assert (held.num_samples, train.num_samples) == (4, 12)
+    held_subset, train_subset = held.dataset, train.dataset.dataset  # the train loader wraps it in seeded transforms
+    held_files = {held_subset.dataset.samples[i][0] for i in held_subset.indices}
+    train_files = {train_subset.dataset.samples[i][0] for i in train_subset.indices}
+    assert held_files.isdisjoint(train_files) and all("/train/" in f for f in held_files)
 
 
 def test_val_holdout_is_disjoint_from_training_and_fixed():

@@ -50,15 +50,16 @@ def _indices(n: int, part: str, cfg: Dict[str, Any]) -> Optional[torch.Tensor]:
     ``part`` "train": the training split less the ``val_holdout`` images held out of it, then ``train_subset`` of
     the rest; "holdout": the held-out images, then ``val_subset`` of them; "val": ``val_subset`` of the val split.
     """
+    subset = cfg.get("train_subset" if part == "train" else "val_subset")
     holdout = int(cfg.get("val_holdout") or 0)
     if part == "val" or not holdout:
-        return _subset(n, cfg.get("val_subset" if part != "train" else "train_subset"))
+        return _subset(n, subset)
     if holdout >= n:
         raise DataError(f"--val-holdout {holdout} holds out every one of the {n} training images; hold out fewer "
                         f"(e.g. a tenth: --val-holdout {n // 10})")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(_HOLDOUT_SEED))
     index = (order[holdout:] if part == "train" else order[:holdout]).sort().values
-    chosen = _subset(len(index), cfg.get("train_subset" if part == "train" else "val_subset"))
+    chosen = _subset(len(index), subset)
     return index if chosen is None else index[chosen]
 
 

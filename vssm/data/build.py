@@ -11,7 +11,8 @@ from .fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist
 from .imagefolder import DataError, ImageFolderLoader, image_folder_classes, image_folder_dataset
 from .tensor_loader import TensorAugment, TensorEvalLoader, TensorTrainLoader
 
-__all__ = ["DataInfo", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "data_info", "build_train_loader", "build_eval_loader"]
+__all__ = ["DataInfo", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "data_info", "eval_part", "build_train_loader",
+           "build_eval_loader"]
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
@@ -63,6 +64,11 @@ def _indices(n: int, part: str, cfg: Dict[str, Any]) -> Optional[torch.Tensor]:
     return index if chosen is None else index[chosen]
 
 
+def eval_part(cfg: Dict[str, Any]) -> str:
+    """What a run evaluates on: "holdout" (``val_holdout`` images held out of the training split) or "val"."""
+    return "holdout" if cfg.get("val_holdout") else "val"
+
+
 def data_info(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> DataInfo:
     """Number of classes, channels, input size and normalisation of the configured data."""
     if _is_fmnist(cfg):
@@ -73,7 +79,7 @@ def data_info(cfg: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> D
     from .imagefolder import check_image_folder
 
     if cfg.get("_split", "train") == "train":
-        if not cfg.get("val_holdout"):
+        if eval_part(cfg) == "val":
             check_image_folder(cfg["data"], "val")  # fail before any work if the validation half is missing
         classes = image_folder_classes(cfg["data"], "train")
     else:
@@ -151,7 +157,7 @@ def build_eval_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.d
     """The images a run evaluates on: the val split (Fashion-MNIST's test set), or with ``val_holdout`` the images
     held out of the training split, so that choosing the best epoch leaves the val split unseen."""
     batch = cfg.get("eval_batch_size") or 2 * cfg.get("batch_size", 128)
-    part = "holdout" if cfg.get("val_holdout") else "val"
+    part = eval_part(cfg)
     if _is_fmnist(cfg):
         images, labels = _fmnist_tensors(part, device, cfg)
         return TensorEvalLoader(

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..cuda_graphs import enable_cuda_graphs
-from ..data.build import DataInfo, build_eval_loader, build_train_loader, data_info
+from ..data.build import DataInfo, build_eval_loader, build_train_loader, data_info, eval_part
 from . import budget as time_budget
 from . import faults
 from .checkpointing import (
@@ -590,7 +590,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     mode = "DDP x%d (%s)" % (dist.world_size, dist.backend) if dist.enabled else "single process"
     log(f"vssm train: {cfg['model']} ({n_params / 1e6:.2f}M params) on {info.name} "
         f"({train_loader.num_samples} train / {val_loader.num_samples} "
-        f"{'held-out' if cfg.get('val_holdout') else 'val'} images, {info.img_size}px, "
+        f"{'held-out' if eval_part(cfg) == 'holdout' else 'val'} images, {info.img_size}px, "
         f"{info.num_classes} classes), preset {cfg.get('preset')}")
     log(f"  {mode} on {device}, global batch {global_batch}, {steps_per_epoch} steps/epoch x {epochs} epochs, "
         f"lr {lrs['lr']:.3g} (warm-up {warmup_steps} steps), amp {str(amp).replace('torch.', '') if amp else 'none'}, "
@@ -838,7 +838,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "final": {k: last_eval.get(final_prefix + k) for k in ("acc1", "acc5", "loss")},
             "final_model": {k: last_eval.get("val_" + k) for k in ("acc1", "acc5", "loss")},
             "n_images": last_eval.get("val_images"),
-            "val_split": "holdout" if cfg.get("val_holdout") else "val",
+            "val_split": eval_part(cfg),
             "best": best,
             "nonfinite_losses": int(sum(r.get("nonfinite_losses", 0) for r in history)),
             "diverged_epochs": [r["epoch"] for r in history if r.get("diverged")],

@@ -9,6 +9,7 @@ import torch
 
 from .fashion_mnist import FASHION_MNIST_CLASSES, read_fashion_mnist
 from .imagefolder import DataError, ImageFolderLoader, image_folder_classes, image_folder_dataset
+from .rand_augment import RandAugmentPolicy
 from .tensor_loader import TensorAugment, TensorEvalLoader, TensorTrainLoader
 
 __all__ = ["DataInfo", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "data_info", "eval_part", "build_train_loader",
@@ -119,6 +120,7 @@ def build_train_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.
         augment = TensorAugment(
             translate=int(cfg.get("translate") or 0), hflip=float(cfg.get("hflip") or 0),
             reprob=float(cfg.get("reprob") or 0), remode=cfg.get("remode") or "pixel",
+            rand_augment=RandAugmentPolicy.parse(cfg["auto_augment"]) if cfg.get("auto_augment") else None,
         )
         return TensorTrainLoader(
             images, labels, cfg["batch_size"], info.img_size, info.in_chans, info.mean, info.std, augment,

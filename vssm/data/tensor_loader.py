@@ -9,7 +9,8 @@ tensor ops. Random choices come from generators seeded by ``(seed, epoch, step)`
 - N processes with per-process batch B see the same images and augmentations as one process with batch N*B.
 
 Augmentations (all optional): random translation (pad-and-crop by up to ``translate`` pixels), horizontal flip,
-random erasing (timm's definition: area 2-33 %, aspect 0.3-3.3, filled with per-pixel normal noise, zeros or a
+RandAugment (:mod:`vssm.data.rand_augment`, at the stored resolution after the shifts and flips, as timm runs it
+after the crop and flip), random erasing (timm's definition: area 2-33 %, aspect 0.3-3.3, filled with per-pixel normal noise, zeros or a
 per-image random value). Mixup / CutMix are applied afterwards by the engine (timm's ``Mixup``).
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .rand_augment import RandAugmentPolicy
 
 __all__ = ["TensorAugment", "TensorTrainLoader", "TensorEvalLoader", "fit_images", "mix_seed"]
 
@@ -68,10 +71,11 @@ class TensorAugment:
     re_min_area: float = 0.02
     re_max_area: float = 1 / 3
     re_min_aspect: float = 0.3
+    rand_augment: Optional[RandAugmentPolicy] = None
 
     @property
     def active(self) -> bool:
-        return self.translate > 0 or self.hflip > 0 or self.reprob > 0
+        return self.translate > 0 or self.hflip > 0 or self.reprob > 0 or self.rand_augment is not None
 
     def draw(self, n: int, size: int, generator: torch.Generator, device: torch.device) -> dict:
         """Random parameters for ``n`` images of ``size`` x ``size`` (uniform draws, fixed count per call)."""
@@ -93,10 +97,12 @@ class TensorAugment:
             p["top"] = torch.minimum((u[:, 6] * (size - h + 1).float()).long(), size - h)
             p["left"] = torch.minimum((u[:, 7] * (size - w + 1).float()).long(), size - w)
             p["eh"], p["ew"] = h, w
+        if self.rand_augment is not None:
+            p.update(self.rand_augment.draw(n, generator, device))
         return p
 
-    def apply_geometric(self, x: Tensor, p: dict) -> Tensor:
-        """Shift and flip images ``x`` in [0, 1] (before normalisation: the border fills with black)."""
+    def apply_before_resize(self, x: Tensor, p: dict) -> Tensor:
+        """Shift, flip and RandAugment images ``x`` in [0, 1] (before normalisation: borders fill with black)."""
         n, c, h, w = x.shape
         if "dy" in p:
             t = self.translate
@@ -107,6 +113,8 @@ class TensorAugment:
             x = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if "flip" in p:
             x = torch.where(p["flip"][:, None, None, None], x.flip(-1), x)
+        if self.rand_augment is not None:
+            x = self.rand_augment.apply(x, p)
         return x
 
     def apply_erase(self, x: Tensor, p: dict, generator: torch.Generator, part: Optional[slice] = None,
@@ -150,10 +158,10 @@ class _TensorSplit:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1).to(images.device)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1).to(images.device)
 
-    def _prepare(self, index: Tensor, geometric=None) -> Tuple[Tensor, Tensor]:
+    def _prepare(self, index: Tensor, before_resize=None) -> Tuple[Tensor, Tensor]:
         x = self.images[index].float().div_(255)
-        if geometric is not None:  # at the stored resolution: shifts are in pixels of the original images
-            x = geometric(x)
+        if before_resize is not None:  # at the stored resolution: shifts are in pixels of the original images
+            x = before_resize(x)
         x = fit_images(x, self.img_size, self.fit)
         if x.shape[1] != self.in_chans:
             if x.shape[1] != 1:
@@ -215,7 +223,7 @@ class TensorTrainLoader(_TensorSplit):
             gen.manual_seed(mix_seed(self.seed, epoch, step, 1))
             params = self.augment.draw(self.global_batch, self.img_size, gen, device)
             params = {k: v[lo:hi] for k, v in params.items()}
-            x, y = self._prepare(index, lambda im: self.augment.apply_geometric(im, params))
+            x, y = self._prepare(index, lambda im: self.augment.apply_before_resize(im, params))
             yield self.augment.apply_erase(x, params, gen, slice(lo, hi), self.global_batch), y
 
 

@@ -275,7 +275,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _opt(g, "reprob", "random erasing probability", type=float)
     _opt(g, "remode", "random erasing fill: pixel, rand or const", choices=["pixel", "rand", "const"])
     _opt(g, "recount", "random erasing boxes per image (ImageFolder)", type=int)
-    _opt(g, "auto-augment", "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 (ImageFolder); 'none' to disable")
+    _opt(g, "auto-augment", "timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1; Fashion-MNIST takes RandAugment "
+         "policies (rand-...) and runs them batched on its device; 'none' to disable")
     _opt(g, "color-jitter", "colour jitter strength (ImageFolder; ignored by timm when auto-augment is set)", type=float)
     _opt(g, "scale", "random-resized-crop area range (ImageFolder)", type=float, nargs=2)
     _opt(g, "ratio", "random-resized-crop aspect range (ImageFolder)", type=float, nargs=2)
@@ -356,6 +357,10 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         cfg["data"] = "fashion-mnist"
     if cfg.get("auto_augment") in ("none", "None", ""):
         cfg["auto_augment"] = None
+    if cfg.get("auto_augment") and cfg["data"] == "fashion-mnist":
+        from ..data.rand_augment import RandAugmentPolicy
+
+        RandAugmentPolicy.parse(cfg["auto_augment"])  # fails here, before any work, on a policy it cannot run
     if cfg.get("lr_base_batch") == 0:
         cfg["lr_base_batch"] = None
     if cfg.get("clip_grad") == 0:

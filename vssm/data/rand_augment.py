@@ -115,7 +115,7 @@ class RandAugmentPolicy:
         for layer in range(self.num_layers):
             op, active = params["ra_op"][:, layer], params["ra_apply"][:, layer]
             sign, magnitude = params["ra_sign"][:, layer], params["ra_magnitude"][:, layer]
-            warp = torch.eye(3, device=x.device).expand(len(x), 3, 3)
+            warp = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)
             out = levels
             for k, name in enumerate(ops):
                 chosen = active & (op == k)
@@ -206,20 +206,15 @@ def _grey(levels: Tensor) -> Tensor:
 
 
 def _smooth(levels: Tensor) -> Tensor:
-    """PIL's ``ImageFilter.SMOOTH`` (3x3, centre 5, others 1, over 13), rounded; the border keeps its pixels."""
-    c = levels.shape[1]
-    kernel = torch.ones(3, 3, device=levels.device, dtype=levels.dtype)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
-    smooth = F.conv2d(levels, kernel, groups=c).add_(0.5).floor_()
-    return F.pad(smooth, (1, 1, 1, 1)) + levels * _border(levels)
-
-
-def _border(levels: Tensor) -> Tensor:
+    """PIL's ``ImageFilter.SMOOTH`` (3x3, centre 5, others 1, over 13), rounded; the border keeps its pixels.
+    Built from a 3x3 box sum: writing into a kernel tensor element by element would synchronise the GPU."""
+    box = F.avg_pool2d(levels, 3, stride=1).mul_(9).round_()
+    smooth = (box + 4 * levels[..., 1:-1, 1:-1]).div_(13).add_(0.5).floor_()
     h, w = levels.shape[-2:]
-    mask = torch.ones(h, w, device=levels.device, dtype=levels.dtype)
-    mask[1:-1, 1:-1] = 0
-    return mask
+    rows = torch.arange(h, device=levels.device)
+    cols = torch.arange(w, device=levels.device)
+    inner = ((rows > 0) & (rows < h - 1))[:, None] & ((cols > 0) & (cols < w - 1))[None, :]
+    return torch.where(inner, F.pad(smooth, (1, 1, 1, 1)), levels)
 
 
 def _equalize(levels: Tensor) -> Tensor:
@@ -237,30 +232,28 @@ def _equalize(levels: Tensor) -> Tensor:
 
 
 def _inverse_map(name: str, arg: Tensor, size) -> Tensor:
-    """(B, 3, 3): output pixel position -> input position, in pixels with pixel centres at +0.5 (PIL's affine
+    """(B, 2, 3): output pixel position -> input position, in pixels with pixel centres at +0.5 (PIL's affine
     data, ``Image.rotate`` included)."""
     h, w = size
-    m = torch.eye(3, device=arg.device).repeat(len(arg), 1, 1)
+    one, zero = torch.ones_like(arg), torch.zeros_like(arg)
     if name == "ShearX":
-        m[:, 0, 1] = arg
+        rows = (one, arg, zero), (zero, one, zero)
     elif name == "ShearY":
-        m[:, 1, 0] = arg
+        rows = (one, zero, zero), (arg, one, zero)
     elif name == "TranslateXRel":
-        m[:, 0, 2] = arg * w
+        rows = (one, zero, arg * w), (zero, one, zero)
     elif name == "TranslateYRel":
-        m[:, 1, 2] = arg * h
+        rows = (one, zero, zero), (zero, one, arg * h)
     else:  # Rotate: counter-clockwise by arg degrees about the image centre
         angle = torch.deg2rad(arg)
         cos, sin = torch.cos(angle), torch.sin(angle)
         cx, cy = w / 2.0, h / 2.0
-        m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, -sin, sin, cos
-        m[:, 0, 2] = cx - cos * cx + sin * cy
-        m[:, 1, 2] = cy - sin * cx - cos * cy
-    return m
+        rows = (cos, -sin, cx - cos * cx + sin * cy), (sin, cos, cy - sin * cx - cos * cy)
+    return torch.stack([torch.stack(row, dim=1) for row in rows], dim=1)
 
 
 def _warp(levels: Tensor, inverse: Tensor) -> Tensor:
-    """Bilinear resampling of every image through its own inverse map (B, 3, 3)."""
+    """Bilinear resampling of every image through its own inverse map (B, 2, 3)."""
     h, w = levels.shape[-2:]
     (a, b, c), (d, e, f) = inverse[:, 0].unbind(1), inverse[:, 1].unbind(1)
     # the same map in grid_sample's coordinates (-1 and 1 at the outer pixel edges): x_pixel = w * (x_unit + 1) / 2

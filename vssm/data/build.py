@@ -121,6 +121,7 @@ def build_train_loader(cfg: Dict[str, Any], info: DataInfo, dist, device: torch.
             translate=int(cfg.get("translate") or 0), hflip=float(cfg.get("hflip") or 0),
             reprob=float(cfg.get("reprob") or 0), remode=cfg.get("remode") or "pixel",
             rand_augment=RandAugmentPolicy.parse(cfg["auto_augment"]) if cfg.get("auto_augment") else None,
+            compile_rand_augment=bool(cfg.get("compile")) and device.type == "cuda",
         )
         return TensorTrainLoader(
             images, labels, cfg["batch_size"], info.img_size, info.in_chans, info.mean, info.std, augment,

@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["RandAugmentPolicy", "rand_augment_ops", "op_argument", "apply_op", "LEVELS"]
+__all__ = ["RandAugmentPolicy", "rand_augment_ops", "op_argument", "apply_op", "affine_map", "LEVELS"]
 
 LEVELS = 10.0  # magnitudes are out of 10, as in timm
 
@@ -109,24 +109,22 @@ class RandAugmentPolicy:
         }
 
     def apply(self, x: Tensor, params: Dict[str, Tensor]) -> Tensor:
-        """``x``: (B, C, H, W) in [0, 1] on the uint8 grid -> the same, each image through its own layers."""
+        """``x``: (B, C, H, W) in [0, 1] on the uint8 grid -> the same, each image through its own layers.
+
+        Every image goes through one resampling per layer (the identity map where it drew no geometric operation,
+        which returns its pixels exactly) and every pixel operation runs on the whole batch: about 200 tensor
+        operations per layer, whatever the batch size, so the host keeps ahead of a small model's GPU step."""
         ops = self.ops
         levels = x.mul(255).round_()
         for layer in range(self.num_layers):
-            op, active = params["ra_op"][:, layer], params["ra_apply"][:, layer]
+            op = torch.where(params["ra_apply"][:, layer], params["ra_op"][:, layer], -1)  # -1: no operation
             sign, magnitude = params["ra_sign"][:, layer], params["ra_magnitude"][:, layer]
-            warp = torch.eye(2, 3, device=x.device).expand(len(x), 2, 3)
-            out = levels
+            every = torch.stack([op_argument(name, magnitude, sign) for name in ops], dim=1)
+            arg = every.gather(1, op.clamp(min=0)[:, None])[:, 0]
+            out = _warp(levels, affine_map(op, arg, ops, levels.shape[-2:]))
             for k, name in enumerate(ops):
-                chosen = active & (op == k)
-                if name in _GEOMETRIC:
-                    warp = torch.where(chosen[:, None, None], _inverse_map(name, op_argument(name, magnitude, sign),
-                                                                           x.shape[-2:]), warp)
-                else:
-                    out = torch.where(chosen[:, None, None, None],
-                                      apply_op(name, levels, op_argument(name, magnitude, sign)), out)
-            geometric = active & sum(op == ops.index(name) for name in _GEOMETRIC).bool()
-            out = torch.where(geometric[:, None, None, None], _warp(levels, warp), out)
+                if name not in _GEOMETRIC:
+                    out = torch.where((op == k)[:, None, None, None], apply_op(name, levels, arg), out)
             levels = out
         return levels.div_(255)
 
@@ -231,24 +229,20 @@ def _equalize(levels: Tensor) -> Tensor:
     return torch.where(step > 0, mapped, flat.to(levels.dtype)).reshape(b, c, h, w)
 
 
-def _inverse_map(name: str, arg: Tensor, size) -> Tensor:
-    """(B, 2, 3): output pixel position -> input position, in pixels with pixel centres at +0.5 (PIL's affine
-    data, ``Image.rotate`` included)."""
+def affine_map(op: Tensor, arg: Tensor, ops: Sequence[str], size) -> Tensor:
+    """(B, 2, 3): for each image, its geometric operation ``ops[op]`` at argument ``arg`` as the map from an output
+    pixel position to the input position, in pixels with pixel centres at +0.5 (PIL's affine data, ``Image.rotate``
+    included); the identity where ``op`` is not a geometric operation (or -1)."""
     h, w = size
-    one, zero = torch.ones_like(arg), torch.zeros_like(arg)
-    if name == "ShearX":
-        rows = (one, arg, zero), (zero, one, zero)
-    elif name == "ShearY":
-        rows = (one, zero, zero), (arg, one, zero)
-    elif name == "TranslateXRel":
-        rows = (one, zero, arg * w), (zero, one, zero)
-    elif name == "TranslateYRel":
-        rows = (one, zero, zero), (zero, one, arg * h)
-    else:  # Rotate: counter-clockwise by arg degrees about the image centre
-        angle = torch.deg2rad(arg)
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        cx, cy = w / 2.0, h / 2.0
-        rows = (cos, -sin, cx - cos * cx + sin * cy), (sin, cos, cy - sin * cx - cos * cy)
+
+    def arg_of(name: str) -> Tensor:
+        return torch.where(op == ops.index(name), arg, 0.0)
+
+    angle = torch.deg2rad(arg_of("Rotate"))  # counter-clockwise about the image centre
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    cx, cy = w / 2.0, h / 2.0
+    rows = ((cos, arg_of("ShearX") - sin, cx - cos * cx + sin * cy + arg_of("TranslateXRel") * w),
+            (sin + arg_of("ShearY"), cos, cy - sin * cx - cos * cy + arg_of("TranslateYRel") * h))
     return torch.stack([torch.stack(row, dim=1) for row in rows], dim=1)
 
 

@@ -72,6 +72,15 @@ class TensorAugment:
     re_max_area: float = 1 / 3
     re_min_aspect: float = 0.3
     rand_augment: Optional[RandAugmentPolicy] = None
+    # fuse the RandAugment pass with torch.compile: eager, its ~400 small operations per batch cost a small model
+    # about a quarter of its GPU throughput (msvmambav3_nano on an H100, benchmarks/results/fashion-mnist.md)
+    compile_rand_augment: bool = False
+
+    def __post_init__(self) -> None:
+        self._rand_augment_fn = None
+        if self.rand_augment is not None:
+            self._rand_augment_fn = (torch.compile(self.rand_augment.apply, dynamic=False)
+                                     if self.compile_rand_augment else self.rand_augment.apply)
 
     @property
     def active(self) -> bool:
@@ -113,8 +122,8 @@ class TensorAugment:
             x = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if "flip" in p:
             x = torch.where(p["flip"][:, None, None, None], x.flip(-1), x)
-        if self.rand_augment is not None:
-            x = self.rand_augment.apply(x, p)
+        if self._rand_augment_fn is not None:
+            x = self._rand_augment_fn(x, p)
         return x
 
     def apply_erase(self, x: Tensor, p: dict, generator: torch.Generator, part: Optional[slice] = None,

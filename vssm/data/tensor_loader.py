@@ -72,8 +72,8 @@ class TensorAugment:
     re_max_area: float = 1 / 3
     re_min_aspect: float = 0.3
     rand_augment: Optional[RandAugmentPolicy] = None
-    # fuse the RandAugment pass with torch.compile: eager, its ~400 small operations per batch cost a small model
-    # about a quarter of its GPU throughput (msvmambav3_nano on an H100, benchmarks/results/fashion-mnist.md)
+    # fuse the RandAugment pass with torch.compile: eager, its hundreds of small operations per batch cost a small
+    # model about a quarter of its GPU throughput (msvmambav3_nano on an H100, benchmarks/results/fashion-mnist.md)
     compile_rand_augment: bool = False
 
     def __post_init__(self) -> None:

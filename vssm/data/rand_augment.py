@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,6 @@ _INCREASING_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "PosterizeInc
                    "SolarizeAdd", "ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing",
                    "SharpnessIncreasing", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 _GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
-_SIGNED = _GEOMETRIC + ("ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing")
 
 
 def rand_augment_ops(increasing: bool) -> List[str]:
@@ -66,7 +65,7 @@ class RandAugmentPolicy:
                 f"ImageFolder tree (timm's per-image transforms), or use 'none'")
         kwargs: Dict[str, object] = {}
         for section in sections[1:]:
-            match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?|inf)", section)
+            match = re.fullmatch(r"(mstd|mmax|inc|m|n|p)(\d+(?:\.\d*)?)", section)
             if match is None:
                 raise ValueError(
                     f"--auto-augment {policy!r}: cannot read {section!r}; a RandAugment policy is 'rand' followed "
@@ -112,8 +111,10 @@ class RandAugmentPolicy:
         """``x``: (B, C, H, W) in [0, 1] on the uint8 grid -> the same, each image through its own layers.
 
         Every image goes through one resampling per layer (the identity map where it drew no geometric operation,
-        which returns its pixels exactly) and every pixel operation runs on the whole batch: about 200 tensor
-        operations per layer, whatever the batch size, so the host keeps ahead of a small model's GPU step."""
+        which returns its pixels exactly) and every pixel operation runs on the whole batch: hundreds of small
+        tensor operations per batch, whatever its size. On a GPU, fuse them with ``torch.compile`` (as
+        ``TensorAugment(compile_rand_augment=True)`` and ``vssm train --compile`` do): eager, their launches cost
+        a small model about a quarter of its training speed."""
         ops = self.ops
         levels = x.mul(255).round_()
         for layer in range(self.num_layers):
@@ -162,8 +163,9 @@ def apply_op(name: str, levels: Tensor, arg: Tensor) -> Tensor:
     if name == "AutoContrast":
         lo = levels.amin(dim=(-2, -1), keepdim=True)
         hi = levels.amax(dim=(-2, -1), keepdim=True)
-        # PIL's lookup table, int(level * scale + offset) in double precision: exact levels land where PIL's do
-        scale = torch.full_like(hi, 255.0, dtype=torch.float64).div_((hi - lo).clamp(min=1.0))  # 255.0 / t rounds twice
+        # PIL's lookup table, int(level * scale + offset) in double precision, so that exact levels land where PIL's
+        # do; a division, since torch computes 255.0 / t as 255.0 * (1 / t) and rounds twice
+        scale = torch.full_like(hi, 255.0, dtype=torch.float64).div_((hi - lo).clamp(min=1.0))
         stretched = (levels.double() * scale - lo * scale).floor().clamp(0, 255).to(levels.dtype)
         return torch.where(hi > lo, stretched, levels)
     if name == "Equalize":
@@ -229,7 +231,7 @@ def _equalize(levels: Tensor) -> Tensor:
     return torch.where(step > 0, mapped, flat.to(levels.dtype)).reshape(b, c, h, w)
 
 
-def affine_map(op: Tensor, arg: Tensor, ops: Sequence[str], size) -> Tensor:
+def affine_map(op: Tensor, arg: Tensor, ops: Sequence[str], size: Tuple[int, int]) -> Tensor:
     """(B, 2, 3): for each image, its geometric operation ``ops[op]`` at argument ``arg`` as the map from an output
     pixel position to the input position, in pixels with pixel centres at +0.5 (PIL's affine data, ``Image.rotate``
     included); the identity where ``op`` is not a geometric operation (or -1)."""

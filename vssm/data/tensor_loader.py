@@ -10,8 +10,9 @@ tensor ops. Random choices come from generators seeded by ``(seed, epoch, step)`
 
 Augmentations (all optional): random translation (pad-and-crop by up to ``translate`` pixels), horizontal flip,
 RandAugment (:mod:`vssm.data.rand_augment`, at the stored resolution after the shifts and flips, as timm runs it
-after the crop and flip), random erasing (timm's definition: area 2-33 %, aspect 0.3-3.3, filled with per-pixel normal noise, zeros or a
-per-image random value). Mixup / CutMix are applied afterwards by the engine (timm's ``Mixup``).
+after the crop and flip), random erasing (timm's definition: area 2-33 %, aspect 0.3-3.3, filled with per-pixel
+normal noise, zeros or a per-image random value). Mixup / CutMix are applied afterwards by the engine (timm's
+``Mixup``).
 """
 from __future__ import annotations
 

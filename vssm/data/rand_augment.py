@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms.v2.functional import equalize_image
 
 __all__ = ["RandAugmentPolicy", "rand_augment_ops", "op_argument", "apply_op", "affine_map", "LEVELS"]
 
@@ -60,7 +61,7 @@ class RandAugmentPolicy:
         sections = policy.split("-")
         if sections[0] != "rand":
             raise ValueError(
-                f"--auto-augment {policy!r}: Fashion-MNIST's GPU loader runs RandAugment policies only "
+                f"--auto-augment {policy!r}: Fashion-MNIST's tensor loader runs RandAugment policies only "
                 f"('rand-m9-mstd0.5-inc1' and the like); AutoAugment, AugMix and 3-Augment policies need an "
                 f"ImageFolder tree (timm's per-image transforms), or use 'none'")
         kwargs: Dict[str, object] = {}
@@ -168,8 +169,8 @@ def apply_op(name: str, levels: Tensor, arg: Tensor) -> Tensor:
         scale = torch.full_like(hi, 255.0, dtype=torch.float64).div_((hi - lo).clamp(min=1.0))
         stretched = (levels.double() * scale - lo * scale).floor().clamp(0, 255).to(levels.dtype)
         return torch.where(hi > lo, stretched, levels)
-    if name == "Equalize":
-        return _equalize(levels)
+    if name == "Equalize":  # torchvision's batched kernel follows PIL's lookup table
+        return equalize_image(levels.to(torch.uint8)).to(levels.dtype)
     if name == "Invert":
         return 255.0 - levels
     if name.startswith("Posterize"):
@@ -215,20 +216,6 @@ def _smooth(levels: Tensor) -> Tensor:
     cols = torch.arange(w, device=levels.device)
     inner = ((rows > 0) & (rows < h - 1))[:, None] & ((cols > 0) & (cols < w - 1))[None, :]
     return torch.where(inner, F.pad(smooth, (1, 1, 1, 1)), levels)
-
-
-def _equalize(levels: Tensor) -> Tensor:
-    """PIL's ``ImageOps.equalize`` per image and channel: a lookup table from the cumulative histogram, with step
-    (pixels - pixels at the top level) // 255; unchanged where that step is 0 (one or almost one level)."""
-    b, c, h, w = levels.shape
-    flat = levels.reshape(b * c, h * w).long()
-    hist = torch.zeros(b * c, 256, device=levels.device, dtype=torch.long).scatter_add_(1, flat, torch.ones_like(flat))
-    top = hist.gather(1, flat.amax(dim=1, keepdim=True))
-    step = torch.div(h * w - top, 255, rounding_mode="floor")
-    before = torch.cumsum(hist, dim=1) - hist
-    lut = torch.div(before + torch.div(step, 2, rounding_mode="floor"), step.clamp(min=1), rounding_mode="floor")
-    mapped = lut.clamp(max=255).gather(1, flat).to(levels.dtype)
-    return torch.where(step > 0, mapped, flat.to(levels.dtype)).reshape(b, c, h, w)
 
 
 def affine_map(op: Tensor, arg: Tensor, ops: Sequence[str], size: Tuple[int, int]) -> Tensor:

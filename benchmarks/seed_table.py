@@ -7,7 +7,9 @@ seeds, their mean and sample standard deviation, and, for every model after the 
 the standard error of that difference (Welch: sqrt(s1^2/n1 + s2^2/n2)) and how many of the seed pairs the first
 model wins. With one seed a model has no standard deviation, and its lead has no standard error ("-").
 
-    python3 benchmarks/seed_table.py benchmarks/results/fashion-mnist-gpu/budget/*/results.json
+    python3 benchmarks/seed_table.py DIR/{model,model-seed1,peer,peer-seed1}/results.json --first model
+
+A model and seed that appear twice (two recipes of one seed) stop it with an error: name the runs to compare.
 """
 from __future__ import annotations
 

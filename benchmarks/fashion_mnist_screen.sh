@@ -4,7 +4,8 @@
 # picks the list: `arch` (default) changes the model's shape, `batch` the batch size (lr scaled by the square root of
 # the batch ratio, EMA decay kept at the same horizon in epochs), `opt` the optimizer (msvmambav3_nano with SGD,
 # Nesterov momentum 0.9 and weight decay 5e-4 at five learning rates, unscaled by the batch), `reg` the
-# regularisation of msvmambav3_nano (weight decay 0.2, stochastic depth 0.3, shifts of up to 4 px). An entry is
+# regularisation of msvmambav3_nano (weight decay 0.2, stochastic depth 0.3, shifts of up to 4 px), `lr` AdamW's peak
+# learning rate for msvmambav3_nano (half and twice the preset's 2e-3; batch 512, so no scaling). An entry is
 # NAME=MODEL[:JSON kwargs][|vssm train flags]; the flags after `|` are appended to --train-args. The runs share the
 # GPU, so their speeds are not comparable; their accuracies are. Each run stops at the first epoch end after STOP
 # minutes; repeat the same command on the same (warm) machine until every run has finished.
@@ -14,6 +15,7 @@
 #   SCREEN=batch EPOCHS=72 STOP=8.3 bash benchmarks/fashion_mnist_screen.sh  # the batch screen (b256, b128)
 #   SCREEN=opt bash benchmarks/fashion_mnist_screen.sh                       # the optimizer screen (SGD, lr 0.025-0.4)
 #   SCREEN=reg bash benchmarks/fashion_mnist_screen.sh                       # the regularisation screen
+#   SCREEN=lr bash benchmarks/fashion_mnist_screen.sh                        # AdamW's learning rate (1e-3, 4e-3)
 #   GPU_TESTS=1 bash ...                                                     # also run `pytest -m gpu` meanwhile
 #   COMPILE= DRIVER_ARGS=--smoke R=/tmp/r W=/tmp/w bash ...                  # a CPU check of the script (tiny runs)
 #
@@ -45,7 +47,10 @@ case "$SCREEN" in
     'wd02=msvmambav3_nano|--weight-decay 0.2' 'dp03=msvmambav3_nano|--drop-path 0.3'
     'tr4=msvmambav3_nano|--translate 4'
   ) ;;
-  *) echo "SCREEN must be arch, batch, opt or reg, got '$SCREEN'"; exit 2 ;;
+  lr) VARIANTS=(  # the control (AdamW 2e-3) is the arch screen's msv3
+    'lr1e3=msvmambav3_nano|--lr 1e-3' 'lr4e3=msvmambav3_nano|--lr 4e-3'
+  ) ;;
+  *) echo "SCREEN must be arch, batch, opt, reg or lr, got '$SCREEN'"; exit 2 ;;
 esac
 for v in "${VARIANTS[@]}"; do
   n=${v%%=*}; spec=${v%%|*}; extra=; if [[ $v == *"|"* ]]; then extra=" ${v#*|}"; fi

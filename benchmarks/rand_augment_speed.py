@@ -19,7 +19,8 @@ from vssm.data.rand_augment import RandAugmentPolicy
 from vssm.data.tensor_loader import TensorAugment, TensorTrainLoader
 
 
-def time_batches(augment: TensorAugment, images, labels, batch: int, steps: int, device: torch.device) -> float:
+def time_batches(augment: TensorAugment, images: torch.Tensor, labels: torch.Tensor, batch: int, steps: int,
+                 device: torch.device) -> float:
     """Milliseconds per batch, the device work included."""
     loader = TensorTrainLoader(images, labels, batch, 64, 1, FASHION_MNIST_MEAN, FASHION_MNIST_STD, augment, seed=0)
     batches = loader.iter_epoch(0)

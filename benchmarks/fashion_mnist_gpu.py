@@ -76,7 +76,10 @@ MODELS = {
     "resnet18": ("resnet18", lambda img: {}),
     "convnext_atto": ("convnext_atto", lambda img: {}),
     "swin_nano": ("swin_tiny_patch4_window7_224", _swin_kwargs),
+    "wrn40_4": ("wrn40_4", lambda img: {}),
 }
+# models that timm lacks (the WRN peer), registered by a module of ours (`vssm train --model-module`)
+MODEL_MODULES = {"wrn40_4": os.path.join(os.path.dirname(os.path.abspath(__file__)), "wide_resnet.py")}
 
 
 class Stopped(Exception):
@@ -126,6 +129,8 @@ def train_cmd(args, name: str, out_dir: str, epochs: int, extra: List[str], resu
            "--epochs", str(epochs), "--img-size", str(args.img_size), "--output", out_dir, *start,
            "--progress", "log", "--log-interval", "100", "--amp", args.amp]
     kw = kwargs(args.img_size)
+    if model in MODEL_MODULES:
+        cmd += ["--model-module", MODEL_MODULES[model]]
     if kw:
         cmd += ["--model-kwargs", json.dumps(kw)]
     if args.batch_size:

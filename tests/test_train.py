@@ -359,6 +359,78 @@ def test_imagefolder_train_and_eval(tmp_path):
     assert held_files.isdisjoint(train_files) and all("/train/" in f for f in held_files)
 
 
+def test_model_module_trains_a_user_model_and_eval_imports_it_again(tmp_path):
+    """--model-module makes a model registered in a .py file trainable by name; the run records the module, so
+    `vssm eval` of its weights needs neither --model nor --model-module. The module is the WRN peer of the
+    Fashion-MNIST benchmark (benchmarks/wide_resnet.py)."""
+    out = tmp_path / "wrn"
+    vssm_cmd("train", "--model-module", "benchmarks/wide_resnet.py", "--model", "wrn16_4", "--img-size", "28",
+             "--train-subset", "64", "--val-subset", "50", "--batch-size", "32", "--epochs", "1",
+             "--warmup-epochs", "0", "--drop-path", "0.1", "--no-tensorboard", "--progress", "none", "--threads", "1",
+             "--output", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "wrn16_4" and summary["global_step"] == 2
+    proc = vssm_cmd("eval", "--checkpoint", str(out / "model.safetensors"), "--val-subset", "50",
+                    "--json", str(tmp_path / "e.json"))
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["model"] == "wrn16_4" and result["n_images"] == 50
+    assert math.isclose(result["acc1"], summary["final"]["acc1"], abs_tol=1e-6), (result, summary["final"])
+    assert "2.75M params" in proc.stdout  # WRN-16-4 with 10 classes
+
+
+def test_wide_resnet_peer_has_the_published_sizes():
+    """The WRN peer (benchmarks/wide_resnet.py) at the parameter counts of the WRN paper's table (WRN-40-4 8.9M,
+    WRN-28-10 36.5M), with a classifier on the mean of 7x7 maps for a 28 px input."""
+    from vssm.factory import import_model_module
+
+    import_model_module(str(Path(__file__).resolve().parents[1] / "benchmarks" / "wide_resnet.py"))
+    sizes = {name: sum(p.numel() for p in vssm.create_model(name, num_classes=10, in_chans=3).parameters())
+             for name in ("wrn40_4", "wrn28_10")}
+    assert round(sizes["wrn40_4"] / 1e6, 1) == 8.9 and round(sizes["wrn28_10"] / 1e6, 1) == 36.5, sizes
+    model = vssm.create_model("wrn16_4", num_classes=10, in_chans=1, drop_path_rate=0.1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    assert model.forward_features(x).shape == (2, 256, 7, 7)
+    assert model(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        type(model)(depth=41, width=4)
+
+
+def test_import_model_module(tmp_path, monkeypatch):
+    from vssm.factory import import_model_module
+
+    pkg = tmp_path / "user_models_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import torch.nn as nn\n"
+        "from timm.models import register_model\n"
+        "CALLS = []\n"
+        "@register_model\n"
+        "def user_linear_probe(pretrained=False, num_classes=10, in_chans=1, **kwargs):\n"
+        "    CALLS.append(num_classes)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import_model_module("user_models_pkg")
+    assert isinstance(vssm.create_model("user_linear_probe", num_classes=3), nn.Sequential)
+    # a file runs once per process, however often it is named
+    counter = tmp_path / "counted.py"
+    counter.write_text("import builtins\nbuiltins.VSSM_TEST_IMPORTS = getattr(builtins, 'VSSM_TEST_IMPORTS', 0) + 1\n")
+    import builtins
+
+    import_model_module(str(counter))
+    import_model_module(str(counter))
+    assert builtins.VSSM_TEST_IMPORTS == 1
+    del builtins.VSSM_TEST_IMPORTS
+    with pytest.raises(ValueError, match="no such file"):
+        import_model_module(str(tmp_path / "missing.py"))
+    with pytest.raises(ValueError, match="not found: put its package on PYTHONPATH"):
+        import_model_module("no_such_user_models_xyz")
+    # an import error inside the user's module is the user's, and says so
+    broken = tmp_path / "broken_models.py"
+    broken.write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        import_model_module(str(broken))
+
+
 def test_val_holdout_is_disjoint_from_training_and_fixed():
     """The held-out images come from the training split, never reach the training batches, are the same whatever the
     run's seed, and the subsets are drawn from the right side of the split."""
@@ -439,6 +511,9 @@ def test_clear_errors(tmp_path, capsys):
     assert code == 2 and "not a vssm training checkpoint" in err
     code, err = _cli(capsys, "train", "--model", "no_such_model_xyz", "--output", str(tmp_path / "r2"))
     assert code == 2 and "unknown model" in err
+    code, err = _cli(capsys, "train", "--model-module", str(tmp_path / "nowhere.py"), "--model", "wrn40_4",
+                     "--output", str(tmp_path / "r3"))
+    assert code == 2 and "no such file" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--stop-after-minutes", "-1")
     assert code == 2 and "--stop-after-minutes must be >= 0" in err
     code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--val-holdout", "-5")

@@ -21,6 +21,7 @@ DEFAULTS: Dict[str, Any] = dict(
     # model
     model=None,  # None: the preset's
     model_kwargs={},
+    model_module=None,  # a module / .py file that registers more models with timm
     pretrained=False,
     init_checkpoint=None,
     drop_path=None,  # None: the model's default
@@ -241,6 +242,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     _opt(g, "model", "any vssm or timm model name (vssm.list_models(), timm.list_models())")
     _opt(g, "model-kwargs", "JSON dict of extra model constructor arguments, e.g. '{\"dims\": 48}'", type=json.loads)
+    _opt(g, "model-module", "import this module first (a dotted name on PYTHONPATH, or a .py file): a model it "
+         "registers with timm's @register_model can then be named by --model; recorded in the checkpoints, so "
+         "`vssm eval` and --resume import it again", metavar="MODULE")
     _bool(g, "pretrained", "start from the model's released weights (timm pretrained_cfg)")
     _opt(g, "init-checkpoint", "start from the weights of this checkpoint file (official or vssm; head may differ)")
     _opt(g, "drop-path", "stochastic depth rate (default: the model's)", type=float)

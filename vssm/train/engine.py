@@ -93,10 +93,17 @@ def build_model(
     drop_path: Optional[float] = None,
     pretrained: bool = False,
     model_kwargs: Optional[Dict[str, Any]] = None,
+    model_module: Optional[str] = None,
 ) -> nn.Module:
-    """Any vssm or timm model by name; ``img_size`` goes to models that take it (ViT, Swin, ...)."""
-    from ..factory import create_model
+    """Any vssm or timm model by name, or one that ``model_module`` registers with timm (see
+    :func:`vssm.factory.import_model_module`); ``img_size`` goes to models that take it (ViT, Swin, ...)."""
+    from ..factory import create_model, import_model_module
 
+    if model_module:
+        try:
+            import_model_module(model_module)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
     kwargs = dict(model_kwargs or {})
     kwargs.update(num_classes=num_classes, in_chans=in_chans)
     if drop_path is not None:
@@ -469,7 +476,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     if info.name != "fashion-mnist" or cfg.get("img_size") is None:
         # ImageFolder: take the model's default input size / normalisation where the config says nothing
         probe = build_model(cfg["model"], info.num_classes, info.in_chans, cfg.get("img_size"),
-                            model_kwargs=cfg.get("model_kwargs")) if info.name != "fashion-mnist" else None
+                            model_kwargs=cfg.get("model_kwargs"), model_module=cfg.get("model_module")) if info.name != "fashion-mnist" else None
         info = data_info(cfg, probe)
         del probe
         _seed_everything(cfg["seed"] + dist.rank)
@@ -478,7 +485,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     cfg["num_classes"] = info.num_classes
 
     model = build_model(cfg["model"], info.num_classes, info.in_chans, info.img_size, cfg.get("drop_path"),
-                        cfg.get("pretrained", False), cfg.get("model_kwargs"))
+                        cfg.get("pretrained", False), cfg.get("model_kwargs"), cfg.get("model_module"))
     if cfg.get("init_checkpoint") and state is None:
         result = load_checkpoint(model, cfg["init_checkpoint"], strict=False)
         log(f"initial weights from {cfg['init_checkpoint']} (missing {len(result['missing'])}, unexpected "
@@ -813,6 +820,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             "format": "vssm.weights/1",
             "model": cfg["model"],
             "model_kwargs": cfg.get("model_kwargs") or {},
+            "model_module": cfg.get("model_module"),
             "num_classes": info.num_classes,
             "in_chans": info.in_chans,
             "img_size": info.img_size,

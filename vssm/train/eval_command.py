@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-key", default=None,
                         help="entry of the checkpoint dict to load (overrides --weights), e.g. model_ema")
     parser.add_argument("--model-kwargs", type=json.loads, default=None, help="JSON dict of model constructor arguments")
+    parser.add_argument("--model-module", default=None, metavar="MODULE",
+                        help="import this module (dotted name or .py file) for a model it registers with timm "
+                        "(default: the one the training run recorded)")
     parser.add_argument("--in-chans", type=int, default=None)
     parser.add_argument("--num-classes", type=int, default=None, help="default: the number of classes of the data")
     parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
@@ -85,6 +88,7 @@ def checkpoint_metadata(path: str) -> Dict[str, Any]:
             "kind": "training",
             "model": cfg.get("model"),
             "model_kwargs": cfg.get("model_kwargs") or {},
+            "model_module": cfg.get("model_module"),
             "num_classes": cfg.get("num_classes"),
             "in_chans": cfg.get("in_chans"),
             "img_size": cfg.get("img_size"),
@@ -121,6 +125,7 @@ def run_eval(
     threads: Optional[int] = None,
     json_path: Optional[str] = None,
     tta: str = "none",
+    model_module: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate a checkpoint; returns (and optionally writes as JSON) the metrics."""
     from ..checkpoint import load_checkpoint
@@ -162,7 +167,8 @@ def run_eval(
         info = data_info(cfg)
         classes = num_classes or meta.get("num_classes") or info.num_classes
         kwargs = dict(meta.get("model_kwargs") or {}, **(model_kwargs or {}))
-        model = build_model(model_name, classes, info.in_chans, cfg["img_size"], model_kwargs=kwargs)
+        model = build_model(model_name, classes, info.in_chans, cfg["img_size"], model_kwargs=kwargs,
+                            model_module=model_module or meta.get("model_module"))
         if not is_fashion_mnist(data):
             info = data_info(cfg, model)
         if classes != info.num_classes:
@@ -197,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
             args.checkpoint, args.model, args.data, args.img_size, args.batch_size, args.weights, args.checkpoint_key,
             args.model_kwargs, args.in_chans, args.num_classes, args.amp, args.crop_pct, args.interpolation,
             args.fit, args.val_subset, args.limit_val_batches, args.workers, args.print_freq, args.device,
-            args.threads, args.json, args.tta,
+            args.threads, args.json, args.tta, args.model_module,
         )
     except (DataError, CheckpointError, FileNotFoundError, NotADirectoryError, UsageError) as err:
         print(f"vssm eval: error: {err}", file=sys.stderr)

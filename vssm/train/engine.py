@@ -475,8 +475,10 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     info = data_info(cfg)
     if info.name != "fashion-mnist" or cfg.get("img_size") is None:
         # ImageFolder: take the model's default input size / normalisation where the config says nothing
-        probe = build_model(cfg["model"], info.num_classes, info.in_chans, cfg.get("img_size"),
-                            model_kwargs=cfg.get("model_kwargs"), model_module=cfg.get("model_module")) if info.name != "fashion-mnist" else None
+        probe = None
+        if info.name != "fashion-mnist":
+            probe = build_model(cfg["model"], info.num_classes, info.in_chans, cfg.get("img_size"),
+                                model_kwargs=cfg.get("model_kwargs"), model_module=cfg.get("model_module"))
         info = data_info(cfg, probe)
         del probe
         _seed_everything(cfg["seed"] + dist.rank)

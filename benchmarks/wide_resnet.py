@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from vssm.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
 __all__ = ["WideResNet", "wrn16_4", "wrn28_10", "wrn40_4"]
 
 
@@ -110,7 +112,7 @@ class WideResNet(nn.Module):
 
 def _cfg(**kwargs) -> dict:
     return dict(num_classes=10, input_size=(1, 28, 28), pool_size=(7, 7), crop_pct=1.0, interpolation="bilinear",
-                mean=(0.2860,), std=(0.3530,), first_conv="stem", classifier="head", **kwargs)
+                mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, first_conv="stem", classifier="head", **kwargs)
 
 
 default_cfgs = generate_default_cfgs({"wrn16_4": _cfg(), "wrn28_10": _cfg(), "wrn40_4": _cfg()})

@@ -5,7 +5,8 @@
 # the batch ratio, EMA decay kept at the same horizon in epochs), `opt` the optimizer (msvmambav3_nano with SGD,
 # Nesterov momentum 0.9 and weight decay 5e-4 at five learning rates, unscaled by the batch), `reg` the
 # regularisation of msvmambav3_nano (weight decay 0.2, stochastic depth 0.3, shifts of up to 4 px), `lr` AdamW's peak
-# learning rate for msvmambav3_nano (half and twice the preset's 2e-3; batch 512, so no scaling). An entry is
+# learning rate for msvmambav3_nano (half and twice the preset's 2e-3; batch 512, so no scaling), `hybrid` the
+# MSVMambav3 block behind one or two stages of dense 3x3 conv blocks at the full 28x28 resolution. An entry is
 # NAME=MODEL[:JSON kwargs][|vssm train flags]; the flags after `|` are appended to --train-args. The runs share the
 # GPU, so their speeds are not comparable; their accuracies are. Each run stops at the first epoch end after STOP
 # minutes; repeat the same command on the same (warm) machine until every run has finished.
@@ -16,6 +17,7 @@
 #   SCREEN=opt bash benchmarks/fashion_mnist_screen.sh                       # the optimizer screen (SGD, lr 0.025-0.4)
 #   SCREEN=reg bash benchmarks/fashion_mnist_screen.sh                       # the regularisation screen
 #   SCREEN=lr bash benchmarks/fashion_mnist_screen.sh                        # AdamW's learning rate (1e-3, 4e-3)
+#   SCREEN=hybrid bash benchmarks/fashion_mnist_screen.sh                    # conv stages at 28x28 (conv_stages)
 #   GPU_TESTS=1 bash ...                                                     # also run `pytest -m gpu` meanwhile
 #   COMPILE= DRIVER_ARGS=--smoke R=/tmp/r W=/tmp/w bash ...                  # a CPU check of the script (tiny runs)
 #
@@ -50,7 +52,13 @@ case "$SCREEN" in
   lr) VARIANTS=(  # the control (AdamW 2e-3) is the arch screen's msv3
     'lr1e3=msvmambav3_nano|--lr 1e-3' 'lr4e3=msvmambav3_nano|--lr 4e-3'
   ) ;;
-  *) echo "SCREEN must be arch, batch, opt, reg or lr, got '$SCREEN'"; exit 2 ;;
+  hybrid) H=msvmambav3_tiny_224; T='"conv_stages"'; P='"patch_size":1'
+    VARIANTS=(  # the control (msvmambav3_nano at 64 px) is the arch and lr screens' msv3; these run at 28 px
+    "hyb1=$H:{\"dims\":[48,96,192,384],\"depths\":[3,2,4,4],$T:1,$P}|--img-size 28"
+    "hyb1w=$H:{\"dims\":[64,96,192,384],\"depths\":[4,2,4,4],$T:1,$P}|--img-size 28"
+    "hyb2=$H:{\"dims\":[64,128,256,384],\"depths\":[3,3,4,2],$T:2,$P}|--img-size 28"
+  ) ;;
+  *) echo "SCREEN must be arch, batch, opt, reg, lr or hybrid, got '$SCREEN'"; exit 2 ;;
 esac
 for v in "${VARIANTS[@]}"; do
   n=${v%%=*}; spec=${v%%|*}; extra=; if [[ $v == *"|"* ]]; then extra=" ${v#*|}"; fi

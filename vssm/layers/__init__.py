@@ -1,5 +1,6 @@
 from .bimamba import BiMamba, RMSNorm, VimBlock, add_norm, causal_conv1d
 from .common import (
+    ConvBlock,
     DepthwiseConv2d,
     GatedMlp,
     LayerNorm2d,

@@ -13,6 +13,7 @@ from typing import Callable, Optional, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import Tensor
 
 from ..ops.act_linear import act_linear
@@ -29,6 +30,7 @@ __all__ = [
     "Mlp",
     "GatedMlp",
     "PatchMerging2D",
+    "ConvBlock",
     "make_norm",
     "make_linear",
     "make_act",
@@ -252,10 +254,13 @@ def patch_embed_v1(in_chans: int, dim: int, patch_size: int, channel_first: bool
 def patch_embed_v2(in_chans: int, dim: int, patch_size: int, channel_first: bool, patch_norm: bool = True):
     """Stem v2: two (patch/2+1)^2 convs of stride patch/2, LN + GELU between, LN after. Keys 0, 2, 5, 7.
 
-    H -> ceil(H / 2) -> ceil(H / 4) for patch 4, so any input size works.
+    H -> ceil(H / 2) -> ceil(H / 4) for patch 4, so any input size works. ``patch_size=1`` (a vssm addition; the
+    official formula gives stride 0 there) makes both convs 3x3 with stride 1: a full-resolution stem.
     """
-    stride = patch_size // 2
-    kernel, padding = stride + 1, 1
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    stride = max(patch_size // 2, 1)
+    kernel, padding = (3, 1) if patch_size == 1 else (stride + 1, 1)
     norm = make_norm(channel_first)
     return nn.Sequential(
         nn.Conv2d(in_chans, dim // 2, kernel_size=kernel, stride=stride, padding=padding),
@@ -267,6 +272,28 @@ def patch_embed_v2(in_chans: int, dim: int, patch_size: int, channel_first: bool
         _to_last(channel_first),
         norm(dim) if patch_norm else nn.Identity(),
     )
+
+
+class ConvBlock(nn.Module):
+    """The convolutional block of a hybrid model's early stages (vssm addition, ``VSSM(conv_stages=N)``):
+    x + DropPath(BN(conv3x3(GELU(BN(conv3x3(x)))))) on (B, C, H, W).
+
+    Dense 3x3 convolutions where the token grid is fine (28x28 for a 28 px image) cost a fraction of a scan there;
+    the VSS blocks of the later stages see their features. BatchNorm, as in the residual CNNs whose full-resolution
+    stages this takes over.
+    """
+
+    def __init__(self, hidden_dim: int, drop_path: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(hidden_dim)
+        self.act = nn.GELU()
+        self.conv2 = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(hidden_dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.drop_path(self.norm2(self.conv2(self.act(self.norm1(self.conv1(x))))))
 
 
 class PatchMerging2D(nn.Module):

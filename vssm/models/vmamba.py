@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._registry import register_family, register_vssm_model
 from ..layers.common import (
+    ConvBlock,
     Permute,
     downsample_conv,
     downsample_v1,
@@ -47,7 +48,8 @@ class VSSM(nn.Module):
 
     vssm arguments beyond the official ones: ``channel_first`` (run in the other layout than ``norm_layer``
     implies: same weights, same function), ``global_pool`` ("avg" or ""), ``scan_backend`` (see
-    :func:`vssm.ops.selective_scan`).
+    :func:`vssm.ops.selective_scan`), ``conv_stages`` (a hybrid: the first N stages are made of
+    :class:`vssm.layers.ConvBlock` instead of the family's block; channel-first only).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class VSSM(nn.Module):
         channel_first: Optional[bool] = None,
         global_pool: str = "avg",
         scan_backend: str = "auto",
+        conv_stages: int = 0,
         **kwargs,
     ):
         super().__init__()
@@ -95,6 +98,15 @@ class VSSM(nn.Module):
             dims = [dims * 2**i for i in range(len(depths))]
         self.dims = list(dims)
         self.num_layers = len(depths)
+        if not 0 <= conv_stages < self.num_layers:
+            raise ValueError(
+                f"conv_stages must be in [0, {self.num_layers - 1}] for {self.num_layers} stages (at least the last "
+                f"stage keeps the family's blocks), got {conv_stages}"
+            )
+        if conv_stages and not self.channel_first:
+            raise ValueError(
+                "conv_stages needs the channel-first layout: pass norm_layer='ln2d' or channel_first=True"
+            )
         make_block = self._block_factory(forward_type, ssm_ratio, ssm_init, native_channel_first, kwargs)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = self.dims[-1]
@@ -117,11 +129,12 @@ class VSSM(nn.Module):
         drop_rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         self.feature_info = []
-        for i, depth in enumerate(depths):
-            blocks = [
+        for i in range(self.num_layers):
+            stage_rates = drop_rates[sum(depths[:i]) : sum(depths[: i + 1])]
+            blocks = [ConvBlock(self.dims[i], rate) for rate in stage_rates] if i < conv_stages else [
                 make_block(
                     hidden_dim=self.dims[i],
-                    drop_path=drop_rates[sum(depths[:i]) + j],
+                    drop_path=rate,
                     norm_layer=norm,
                     channel_first=self.channel_first,
                     ssm_d_state=ssm_d_state,
@@ -137,7 +150,7 @@ class VSSM(nn.Module):
                     gmlp=gmlp,
                     scan_backend=scan_backend,
                 )
-                for j in range(depth)
+                for rate in stage_rates
             ]
             last = i == self.num_layers - 1
             if last or downsample_version == "none":

@@ -385,6 +385,76 @@ def test_bad_inputs_and_configurations():
         direction_scan(torch.randn(1, 2, 3, 3), ("row", "diagonal"))
 
 
+# ---- the hybrid (vssm addition): conv_stages and the full-resolution stem ----------------------------------------
+
+
+def test_hybrid_conv_stages_keep_full_resolution_then_scan():
+    """conv_stages=2 with patch_size=1: stages 0-1 are ConvBlocks on the full-resolution map, stages 2-3 keep the
+    family's blocks; the stochastic-depth rates run over all blocks; gradients reach every parameter (odd,
+    non-square input)."""
+    from vssm.layers import ConvBlock
+    from vssm.layers.ms2d import MSVSSBlock
+
+    model = small(3, depths=[2, 1, 1, 1], conv_stages=2, patch_size=1, drop_path_rate=0.4)
+    kinds = [[type(b) for b in layer.blocks] for layer in model.layers]
+    assert kinds == [[ConvBlock, ConvBlock], [ConvBlock], [MSVSSBlock], [MSVSSBlock]]
+    rates = [getattr(b.drop_path, "drop_prob", 0.0) for layer in model.layers for b in layer.blocks]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    x = torch.randn(2, 3, 13, 10)
+    feats = model.forward_intermediates(x, intermediates_only=True)
+    assert [tuple(f.shape) for f in feats] == [(2, 8, 13, 10), (2, 16, 7, 5), (2, 32, 4, 3), (2, 64, 2, 2)]
+    assert [f["reduction"] for f in model.feature_info] == [1, 2, 4, 8]
+    model.train()
+    model(x).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        if ".se.fc." not in name:  # a tiny model's SE has one hidden unit, which may be inactive (ReLU)
+            assert p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_conv_block_computes_its_formula():
+    """x + BN2(conv2(GELU(BN1(conv1(x))))) with running statistics (eval) and batch statistics (train)."""
+    from torch.nn import functional as F
+
+    from vssm.layers import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(6)
+    for norm in (block.norm1, block.norm2):
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.normal_()
+        norm.bias.data.normal_()
+    x = torch.randn(3, 6, 9, 7)
+
+    def reference(training):
+        def bn(y, norm):
+            return F.batch_norm(y, norm.running_mean.clone(), norm.running_var.clone(), norm.weight, norm.bias,
+                                training=training, eps=norm.eps)
+        y = F.gelu(bn(F.conv2d(x, block.conv1.weight, padding=1), block.norm1))
+        return x + bn(F.conv2d(y, block.conv2.weight, padding=1), block.norm2)
+
+    with torch.no_grad():
+        torch.testing.assert_close(block.eval()(x), reference(False))
+        torch.testing.assert_close(block.train()(x), reference(True))
+
+
+def test_full_resolution_stem_and_hybrid_errors():
+    from vssm.layers import patch_embed_v2
+
+    stem = patch_embed_v2(1, 8, 1, channel_first=True)
+    assert [m.kernel_size for m in stem if isinstance(m, torch.nn.Conv2d)] == [(3, 3), (3, 3)]
+    assert stem(torch.randn(2, 1, 11, 6)).shape == (2, 8, 11, 6)
+    assert patch_embed_v2(1, 8, 4, channel_first=True)(torch.randn(2, 1, 11, 6)).shape == (2, 8, 3, 2)
+    with pytest.raises(ValueError, match="patch_size must be >= 1"):
+        patch_embed_v2(1, 8, 0, channel_first=True)
+    with pytest.raises(ValueError, match=r"conv_stages must be in \[0, 3\]"):
+        small(3, conv_stages=4)
+    with pytest.raises(ValueError, match="needs the channel-first layout"):
+        small(1, conv_stages=1)  # generation 1 runs channel-last
+    assert len(small(1, conv_stages=1, channel_first=True)(torch.randn(1, 3, 32, 32))[0]) == 5
+
+
 @pytest.mark.parametrize(
     "name, official_gflops, tol", [("msvmamba_tiny", 4.613, 0.005), ("msvmambav3_tiny_224", 5.0, 0.15)]
 )

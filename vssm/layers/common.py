@@ -260,15 +260,15 @@ def patch_embed_v2(in_chans: int, dim: int, patch_size: int, channel_first: bool
     if patch_size < 1:
         raise ValueError(f"patch_size must be >= 1, got {patch_size}")
     stride = max(patch_size // 2, 1)
-    kernel, padding = (3, 1) if patch_size == 1 else (stride + 1, 1)
+    kernel = 3 if patch_size == 1 else stride + 1
     norm = make_norm(channel_first)
     return nn.Sequential(
-        nn.Conv2d(in_chans, dim // 2, kernel_size=kernel, stride=stride, padding=padding),
+        nn.Conv2d(in_chans, dim // 2, kernel_size=kernel, stride=stride, padding=1),
         _to_last(channel_first),
         norm(dim // 2) if patch_norm else nn.Identity(),
         _to_first(channel_first),
         nn.GELU(),
-        nn.Conv2d(dim // 2, dim, kernel_size=kernel, stride=stride, padding=padding),
+        nn.Conv2d(dim // 2, dim, kernel_size=kernel, stride=stride, padding=1),
         _to_last(channel_first),
         norm(dim) if patch_norm else nn.Identity(),
     )

@@ -217,8 +217,13 @@ def write_tables(out: str, rows: List[dict], plan: dict) -> None:
             f"{r['acc1_raw']:.2f} | {_pct(r.get('acc1_hflip'))} | {r['nonfinite_losses']} |"
         )
     for r in rows:
+        commands = r.get("commands") or [r["command"]]
         lines.append("")
-        lines.append(f"`{r['model_name']}`: `{r['command']}`")
+        if len(set(commands)) == 1:
+            lines.append(f"`{r['model_name']}`: `{commands[0]}`")
+        else:
+            lines.append(f"`{r['model_name']}`, in {len(commands)} calls:")
+            lines += [f"{i}. `{c}`" for i, c in enumerate(commands, 1)]
     if plan.get("fp16_check"):
         c = plan["fp16_check"]
         lines += ["", f"fp16-AMP check ({c['model']}, {c['epochs']} epochs, GradScaler): non-finite losses "
@@ -337,6 +342,10 @@ def main() -> int:
     for name in names:
         run_dir = os.path.join(args.runs_dir or args.out, name)
         cmd = train_cmd(args, name, run_dir, plan["epochs"], [], resumable=True)
+        shown = " ".join(cmd[2:]).replace(args.runs_dir or args.out, "OUT")
+        # a run stopped by --stop-after-minutes finishes in a later call, maybe with other --train-args: keep each
+        plan.setdefault("calls", {}).setdefault(name, []).append(shown)
+        write_json_atomic(plan_path, plan, indent=2)
         try:
             seconds = run(cmd, os.path.join(args.out, f"{name}.log"), allow_stop=True)
         except Stopped:
@@ -371,9 +380,11 @@ def main() -> int:
             "best_acc1": summary["best"]["acc1"],
             "nonfinite_losses": summary["nonfinite_losses"],
             "n_images": metrics["n_images"],
-            "command": " ".join(cmd[2:]).replace(args.runs_dir or args.out, "OUT"),
+            "command": shown,
+            "commands": plan["calls"].pop(name),  # every call of this run, the last one included
             "last_epoch": last,
         })
+        write_json_atomic(plan_path, plan, indent=2)
         write_tables(args.out, rows, plan)
 
     if args.fp16_check:

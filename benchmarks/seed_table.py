@@ -30,6 +30,17 @@ def _seed(train_args: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def _row_seed(row: dict, plan: dict, path: str) -> int:
+    """The seed of one row: from each call's command where the row keeps them (a run resumed in a later call may
+    have been given other train args), else from the plan's train args (results files before the commands were
+    kept: those of the last call)."""
+    seeds = {_seed(command) for command in row.get("commands") or []}
+    if len(seeds) > 1:
+        raise SystemExit(f"seed_table: {row['model_name']} in {path} trained with seeds {sorted(seeds)} in its "
+                         "calls, so it is no one seed's run; rerun it with one --seed")
+    return seeds.pop() if seeds else _seed(plan.get("train_args", ""))
+
+
 def load_runs(paths: Sequence[str]) -> Dict[str, Dict[int, dict]]:
     """``{model: {seed: row}}`` from the results files, in the order the models first appear."""
     runs: Dict[str, Dict[int, dict]] = {}
@@ -37,11 +48,11 @@ def load_runs(paths: Sequence[str]) -> Dict[str, Dict[int, dict]]:
         try:
             with open(path) as f:
                 results = json.load(f)
-            seed = _seed(results["plan"].get("train_args", ""))
-            rows = results["rows"]
+            plan, rows = results["plan"], results["rows"]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise SystemExit(f"seed_table: {path} is not a results.json of benchmarks/fashion_mnist_gpu.py ({err})")
         for row in rows:
+            seed = _row_seed(row, plan, path)
             seeds = runs.setdefault(row["model_name"], {})
             if seed in seeds:
                 raise SystemExit(f"seed_table: {row['model_name']} seed {seed} appears twice (again in {path}); "

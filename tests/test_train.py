@@ -319,7 +319,7 @@ def test_train_batches_do_not_synchronize_the_gpu():
         assert x.shape == (32, 1, 64, 64) and x.device.type == "cuda"
 
 
-def test_imagefolder_train_and_eval(tmp_path):
+def test_imagefolder_train_and_eval(tmp_path, monkeypatch):
     from PIL import Image
 
     root = tmp_path / "folder"
@@ -333,11 +333,26 @@ def test_imagefolder_train_and_eval(tmp_path):
                 img = (torch.tensor(colour, dtype=torch.uint8) + noise).clamp(0, 255)
                 Image.fromarray(img.numpy()).save(d / f"{i}.png")
     out = tmp_path / "run"
-    vssm_cmd("train", "--data", str(root), "--model", "vmamba_femto", "--model-kwargs",
-             '{"dims": [16, 32, 64], "depths": [1, 1, 1]}', "--img-size", "32", "--epochs", "2", "--batch-size", "4",
-             "--workers", "0", "--no-tensorboard", "--progress", "none", "--threads", "1", "--output", str(out))
+    # neither --img-size nor a preset's: a folder's images are resized to the model's default input size
+    # (vmamba_femto's 32 px) and normalised with its default mean and std, read from the one model that trains
+    from vssm.cli import main
+    from vssm.train import engine
+
+    built, build_model = [], engine.build_model
+    monkeypatch.setattr(engine, "build_model", lambda name, *a, **k: built.append(name) or build_model(name, *a, **k))
+    assert main(["train", "--data", str(root), "--preset", "none", "--model", "vmamba_femto", "--model-kwargs",
+                 '{"dims": [16, 32, 64], "depths": [1, 1, 1]}', "--epochs", "2", "--batch-size", "4", "--workers",
+                 "0", "--no-tensorboard", "--progress", "none", "--threads", "1", "--output", str(out)]) == 0
+    assert built == ["vmamba_femto"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 16 and summary["data"] == str(root)
+    from timm.models import get_pretrained_cfg
+    from vssm.train.eval_command import checkpoint_metadata
+
+    default_cfg = get_pretrained_cfg("vmamba_femto")
+    meta = checkpoint_metadata(str(out / "model.safetensors"))
+    assert default_cfg.input_size[-1] == 32 and meta["img_size"] == 32, meta
+    assert tuple(meta["mean"]) == tuple(default_cfg.mean) and tuple(meta["std"]) == tuple(default_cfg.std), meta
     proc = vssm_cmd("eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(root), "--workers", "0",
                     "--batch-size", "8", "--json", str(tmp_path / "e.json"))
     assert json.loads((tmp_path / "e.json").read_text())["n_images"] == 16

@@ -471,23 +471,19 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         torch.backends.cudnn.allow_tf32 = True
     _seed_everything(cfg["seed"] + dist.rank)
 
-    # data + model
+    # data + model; ImageFolder data takes the model's default input size and normalisation where the config
+    # says nothing, read from the model built for training (as `vssm eval` does), so no second model is built
     info = data_info(cfg)
-    if info.name != "fashion-mnist" or cfg.get("img_size") is None:
-        # ImageFolder: take the model's default input size / normalisation where the config says nothing
-        probe = None
-        if info.name != "fashion-mnist":
-            probe = build_model(cfg["model"], info.num_classes, info.in_chans, cfg.get("img_size"),
-                                model_kwargs=cfg.get("model_kwargs"), model_module=cfg.get("model_module"))
-        info = data_info(cfg, probe)
-        del probe
-        _seed_everything(cfg["seed"] + dist.rank)
+    is_folder = info.name != "fashion-mnist"
+    build_size = cfg.get("img_size") if is_folder else info.img_size  # None: the model's default
+    model = build_model(cfg["model"], info.num_classes, info.in_chans, build_size, cfg.get("drop_path"),
+                        cfg.get("pretrained", False), cfg.get("model_kwargs"), cfg.get("model_module"))
+    if is_folder:
+        info = data_info(cfg, model)
     cfg["img_size"] = info.img_size
     cfg["in_chans"] = info.in_chans
     cfg["num_classes"] = info.num_classes
 
-    model = build_model(cfg["model"], info.num_classes, info.in_chans, info.img_size, cfg.get("drop_path"),
-                        cfg.get("pretrained", False), cfg.get("model_kwargs"), cfg.get("model_module"))
     if cfg.get("init_checkpoint") and state is None:
         result = load_checkpoint(model, cfg["init_checkpoint"], strict=False)
         log(f"initial weights from {cfg['init_checkpoint']} (missing {len(result['missing'])}, unexpected "

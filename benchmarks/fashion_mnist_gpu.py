@@ -142,6 +142,21 @@ def train_cmd(args, name: str, out_dir: str, epochs: int, extra: List[str], resu
     return cmd + shlex.split(args.train_args) + extra
 
 
+def record_call(run_dir: str, command: str, continues: bool) -> List[str]:
+    """Every call's command of the run in ``run_dir``, this one last. A run stopped by --stop-after-minutes finishes
+    in a later call, maybe with other --train-args and a new --out, so the list lives beside the run's checkpoints;
+    a call that does not continue the run (no checkpoint yet, or --overwrite) starts it afresh."""
+    path = os.path.join(run_dir, "benchmark-calls.json")
+    calls = []
+    if continues and os.path.isdir(os.path.join(run_dir, "checkpoints")) and os.path.exists(path):
+        with open(path) as f:
+            calls = json.load(f)
+    calls.append(command)
+    os.makedirs(run_dir, exist_ok=True)
+    write_json_atomic(path, calls)
+    return calls
+
+
 def compile_mode(args) -> Optional[str]:
     """The torch.compile mode of every training run, or None for eager (--compile alone: the default mode)."""
     return args.compile_mode or ("default" if args.compile else None)
@@ -343,9 +358,7 @@ def main() -> int:
         run_dir = os.path.join(args.runs_dir or args.out, name)
         cmd = train_cmd(args, name, run_dir, plan["epochs"], [], resumable=True)
         shown = " ".join(cmd[2:]).replace(args.runs_dir or args.out, "OUT")
-        # a run stopped by --stop-after-minutes finishes in a later call, maybe with other --train-args: keep each
-        plan.setdefault("calls", {}).setdefault(name, []).append(shown)
-        write_json_atomic(plan_path, plan, indent=2)
+        calls = record_call(run_dir, shown, continues="--resume" in cmd)
         try:
             seconds = run(cmd, os.path.join(args.out, f"{name}.log"), allow_stop=True)
         except Stopped:
@@ -381,10 +394,9 @@ def main() -> int:
             "nonfinite_losses": summary["nonfinite_losses"],
             "n_images": metrics["n_images"],
             "command": shown,
-            "commands": plan["calls"].pop(name),  # every call of this run, the last one included
+            "commands": calls,
             "last_epoch": last,
         })
-        write_json_atomic(plan_path, plan, indent=2)
         write_tables(args.out, rows, plan)
 
     if args.fp16_check:

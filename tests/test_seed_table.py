@@ -65,22 +65,3 @@ def test_seed_comes_from_every_call_of_a_row(tmp_path):
     mixed = dict(row, commands=["train --model a --seed 1", "train --model a --resume auto"])
     with pytest.raises(SystemExit, match=r"trained with seeds \[0, 1\]"):
         seed_table.load_runs([_results(tmp_path, "mixed", "--seed 1", [mixed])])
-
-
-def test_results_md_lists_every_call_of_a_run(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "fashion_mnist_gpu", Path(__file__).resolve().parents[1] / "benchmarks" / "fashion_mnist_gpu.py")
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
-    base = dict(model="m", params=1e6, epochs=2, train_time_s=60, img_per_s=1000, first_epoch_s=5, acc1=95.0,
-                acc5=99.0, loss=0.2, acc1_raw=94.9, acc1_hflip=None, nonfinite_losses=0)
-    rows = [dict(base, model_name="once", command="c1", commands=["c1", "c1"]),
-            dict(base, model_name="twice", command="c3 --resume auto", commands=["c2 --seed 1", "c3 --resume auto"]),
-            dict(base, model_name="old", command="c4")]  # a row written before the calls were kept
-    plan = dict(preset="fashion-mnist", epochs=2, img_size=28, amp="bf16", train_args="")
-    gpu.write_tables(str(tmp_path), rows, plan)
-    text = (tmp_path / "results.md").read_text()
-    assert "`once`: `c1`" in text and "`old`: `c4`" in text
-    assert "`twice`, in 2 calls:\n1. `c2 --seed 1`\n2. `c3 --resume auto`" in text
-    saved = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert saved[2]["model_name"] == "twice" and saved[2]["commands"] == ["c2 --seed 1", "c3 --resume auto"]

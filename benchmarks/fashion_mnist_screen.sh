@@ -6,7 +6,9 @@
 # Nesterov momentum 0.9 and weight decay 5e-4 at five learning rates, unscaled by the batch), `reg` the
 # regularisation of msvmambav3_nano (weight decay 0.2, stochastic depth 0.3, shifts of up to 4 px), `lr` AdamW's peak
 # learning rate for msvmambav3_nano (half and twice the preset's 2e-3; batch 512, so no scaling), `hybrid` the
-# MSVMambav3 block behind one or two stages of dense 3x3 conv blocks at the full 28x28 resolution. An entry is
+# MSVMambav3 block behind one or two stages of dense 3x3 conv blocks at the full 28x28 resolution, `wrn` the WRN-40-4
+# layout (28x28 and 14x14 conv groups of 6 blocks, widths 64 and 128) with MSVMambav3 blocks as its 7x7 group, beside
+# msvmambav3_nano on a 30x30 token grid (patch 2 at 28 px). An entry is
 # NAME=MODEL[:JSON kwargs][|vssm train flags]; the flags after `|` are appended to --train-args. The runs share the
 # GPU, so their speeds are not comparable; their accuracies are. Each run stops at the first epoch end after STOP
 # minutes; repeat the same command on the same (warm) machine until every run has finished.
@@ -18,6 +20,7 @@
 #   SCREEN=reg bash benchmarks/fashion_mnist_screen.sh                       # the regularisation screen
 #   SCREEN=lr bash benchmarks/fashion_mnist_screen.sh                        # AdamW's learning rate (1e-3, 4e-3)
 #   SCREEN=hybrid bash benchmarks/fashion_mnist_screen.sh                    # conv stages at 28x28 (conv_stages)
+#   SCREEN=wrn bash benchmarks/fashion_mnist_screen.sh                       # the WRN's layout, the 30x30 token grid
 #   GPU_TESTS=1 bash ...                                                     # also run `pytest -m gpu` meanwhile
 #   COMPILE= DRIVER_ARGS=--smoke R=/tmp/r W=/tmp/w bash ...                  # a CPU check of the script (tiny runs)
 #
@@ -58,7 +61,13 @@ case "$SCREEN" in
     "hyb1w=$H:{\"dims\":[64,96,192,384],\"depths\":[4,2,4,4],$T:1,$P}|--img-size 28"
     "hyb2=$H:{\"dims\":[64,128,256,384],\"depths\":[3,3,4,2],$T:2,$P}|--img-size 28"
   ) ;;
-  *) echo "SCREEN must be arch, batch, opt, reg, lr or hybrid, got '$SCREEN'"; exit 2 ;;
+  wrn) H=msvmambav3_tiny_224; W3='"conv_stages":2,"patch_size":1,"dims":[64,128,256]'
+    VARIANTS=(  # the controls are msvmambav3_nano at 64 px (arch screen's msv3) and WRN-40-4 at 72 epochs
+    'p2=msvmambav3_nano:{"patch_size":2}|--img-size 28'
+    "wrn666=$H:{$W3,\"depths\":[6,6,6]}|--img-size 28"
+    "wrn668=$H:{$W3,\"depths\":[6,6,8]}|--img-size 28"
+  ) ;;
+  *) echo "SCREEN must be arch, batch, opt, reg, lr, hybrid or wrn, got '$SCREEN'"; exit 2 ;;
 esac
 for v in "${VARIANTS[@]}"; do
   n=${v%%=*}; spec=${v%%|*}; extra=; if [[ $v == *"|"* ]]; then extra=" ${v#*|}"; fi

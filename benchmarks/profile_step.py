@@ -12,6 +12,7 @@ time, for host-bound steps; always CPU time on a CPU); with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -24,6 +25,8 @@ import vssm
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="any vssm or timm model name")
+    p.add_argument("--model-kwargs", type=json.loads, default={},
+                   help='constructor arguments as JSON, e.g. \'{"patch_size": 2}\'')
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--in-chans", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=10)
@@ -45,7 +48,8 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_flush_denormal(True)  # as vssm train does: denormal optimizer states are many times slower
-    model = vssm.create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans).to(device).train()
+    model = vssm.create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans,
+                              **args.model_kwargs).to(device).train()
     # fused on CUDA, as `vssm train` makes it: the foreach default is a chain of small kernels the run does not have
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[args.amp]

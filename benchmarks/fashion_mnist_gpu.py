@@ -162,11 +162,16 @@ def compile_mode(args) -> Optional[str]:
     return args.compile_mode or ("default" if args.compile else None)
 
 
+def train_arg(args, flag: str, default: int) -> int:
+    """The integer value of ``flag`` in --train-args (its last one, as `vssm train` reads it), else ``default``."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(flag, type=int, default=default, dest="value")
+    return p.parse_known_args(shlex.split(args.train_args))[0].value
+
+
 def eval_every(args) -> int:
     """The --eval-every of --train-args (1: vssm train's default, every epoch)."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--eval-every", type=int, default=1)
-    return max(1, p.parse_known_args(shlex.split(args.train_args))[0].eval_every)
+    return max(1, train_arg(args, "--eval-every", 1))
 
 
 def probe(args, name: str) -> Dict[str, float]:
@@ -313,6 +318,8 @@ def main() -> int:
     if args.stop_after_minutes is not None and not args.epochs:
         raise SystemExit("--stop-after-minutes needs --epochs: a later command must train for the same epochs, and "
                          "OUT (with the probe's plan) need not survive between commands")
+    # --train-args come after --img-size on the training command, so theirs is the size the models train at
+    args.img_size = train_arg(args, "--img-size", args.img_size)
     if args.data_dir:
         os.environ["VSSM_FASHION_MNIST_DIR"] = os.path.abspath(args.data_dir)
     for spec in args.variant:

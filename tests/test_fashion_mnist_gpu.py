@@ -34,3 +34,14 @@ def test_results_md_lists_every_call_of_a_run(tmp_path):
     assert "`twice`, in 2 calls:\n1. `c2 --seed 1`\n2. `c3 --resume auto`" in text
     saved = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert saved[2]["model_name"] == "twice" and saved[2]["commands"] == ["c2 --seed 1", "c3 --resume auto"]
+
+
+def test_flags_in_train_args_are_read_as_vssm_train_reads_them():
+    """A screen entry's `--img-size 28` comes through --train-args, after the driver's own --img-size, so it is the
+    size the model trains at and the one results.md must name; the last of repeated flags wins, as in argparse."""
+    from types import SimpleNamespace
+    args = SimpleNamespace(train_args="--eval-every 8 --img-size 28 --seed 1 --img-size=32")
+    assert gpu.train_arg(args, "--img-size", 64) == 32
+    assert gpu.eval_every(args) == 8
+    assert gpu.train_arg(SimpleNamespace(train_args="--seed 1"), "--img-size", 64) == 64
+    assert gpu.eval_every(SimpleNamespace(train_args="--eval-every 0")) == 1

@@ -44,6 +44,8 @@ def main() -> int:
                    help="order the table by self device time or by self CPU time (host-bound steps)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if not isinstance(args.model_kwargs, dict):
+        p.error(f"--model-kwargs must be a JSON object, e.g. '{{\"patch_size\": 2}}', got {args.model_kwargs!r}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":

@@ -63,6 +63,11 @@ DEFAULTS: Dict[str, Any] = dict(
     mixup_switch_prob=0.5,
     mixup_mode="batch",
     smoothing=0.0,
+    # knowledge distillation from a trained teacher (vssm/train/distill.py)
+    teacher=None,
+    teacher_model=None,  # None: the model the teacher's file records
+    distill_weight=0.5,
+    distill_temperature=1.0,
     # optimisation
     epochs=10,
     time_budget=None,  # minutes: fit the epochs (at most `epochs`) and the cosine schedule to this much wall time
@@ -293,6 +298,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     _opt(g, "mixup-mode", "batch, pair or elem", choices=["batch", "pair", "elem"])
     _opt(g, "smoothing", "label smoothing", type=float)
 
+    g = parser.add_argument_group("distillation")
+    _opt(g, "teacher", "distil from this trained model: a model.safetensors or checkpoint that `vssm train` wrote "
+         "(it records its model, input size and normalisation; the student's batches are resized to its size)",
+         metavar="FILE")
+    _opt(g, "teacher-model", "the teacher's model name, where its file does not record one")
+    _opt(g, "distill-weight", "with --teacher: loss = (1 - w) * task loss + w * T^2 * KL(teacher || student) at "
+         "temperature T (default 0.5)", type=float, metavar="W")
+    _opt(g, "distill-temperature", "with --teacher: the softmax temperature T of the soft term (default 1)", type=float,
+         metavar="T")
+
     g = parser.add_argument_group("optimisation")
     _opt(g, "epochs", "training epochs (with --time-budget: at most this many)", type=int)
     _opt(g, "time-budget", "train for about M minutes of wall time: the run measures its own speed as it goes and "
@@ -378,6 +393,13 @@ def resolve_config(args: argparse.Namespace) -> Dict[str, Any]:
         raise ValueError(f"--time-budget is in minutes and must be > 0, got {cfg['time_budget']:g}")
     if not (cfg.get("sam_rho") or 0) >= 0:
         raise ValueError(f"--sam-rho must be >= 0 (0 turns SAM off), got {cfg['sam_rho']:g}")
+    if not 0.0 <= cfg["distill_weight"] <= 1.0:
+        raise ValueError(f"--distill-weight is the soft term's share of the loss and must be in [0, 1], got "
+                         f"{cfg['distill_weight']:g}")
+    if not cfg["distill_temperature"] > 0:
+        raise ValueError(f"--distill-temperature must be > 0, got {cfg['distill_temperature']:g}")
+    if cfg.get("teacher_model") and not cfg.get("teacher"):
+        raise ValueError("--teacher-model names the model of --teacher FILE; give --teacher too")
     if (cfg.get("val_holdout") or 0) < 0:
         raise ValueError(f"--val-holdout is a number of training images and must be >= 0 (0: evaluate on the val "
                          f"split), got {cfg['val_holdout']}")

@@ -42,6 +42,7 @@ from .checkpointing import (
     restore_rng,
 )
 from .config import TTA_MODES, default_output
+from .distill import distillation_loss, load_teacher
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup_distributed, setup_distributed
 from .sam import SharpnessAware
 
@@ -548,6 +549,22 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
     else:
         criterion = nn.CrossEntropyLoss()
 
+    teacher = None
+    if cfg.get("teacher"):
+        teacher = load_teacher(cfg["teacher"], info.num_classes, info.in_chans, info.mean, info.std, device,
+                               cfg.get("teacher_model"))
+        if cfg.get("channels_last"):
+            teacher.to(memory_format=torch.channels_last)
+        # no CUDA graphs for the teacher: its outputs would be overwritten by the student's graphs' replays
+        teacher_fn = torch.compile(teacher, mode="default") if cfg.get("compile") else teacher
+    distill_w, distill_t = float(cfg["distill_weight"]), float(cfg["distill_temperature"])
+
+    def loss_of(out: torch.Tensor, target: torch.Tensor, teacher_logits: Optional[torch.Tensor]) -> torch.Tensor:
+        loss = criterion(out.float(), target)
+        if teacher_logits is not None:
+            loss = (1 - distill_w) * loss + distill_w * distillation_loss(out, teacher_logits, distill_t)
+        return loss
+
     # position and history
     start_epoch, start_step, global_step = 0, 0, 0
     epoch_sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, images of finite losses, non-finite
@@ -601,7 +618,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         f"lr {lrs['lr']:.3g} (warm-up {warmup_steps} steps), amp {str(amp).replace('torch.', '') if amp else 'none'}, "
         f"ema {'%.4g' % cfg['ema_decay'] if ema is not None else 'off'}"
         f"{', sam rho %g from epoch %d' % (cfg['sam_rho'], sam_start_epoch) if sam is not None else ''}"
-        f"{', time budget %g min (the steps fitted to it)' % cfg['time_budget'] if budget else ''}, "
+        f"{', time budget %g min (the steps fitted to it)' % cfg['time_budget'] if budget else ''}"
+        f"{', distilled from %s (weight %g, temperature %g)' % (cfg['teacher'], distill_w, distill_t) if teacher else ''}, "
         f"output {out_dir}")
 
     progress = _Progress(cfg.get("progress", "auto"), log, dist.is_main)
@@ -690,15 +708,16 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
             if mixup_fn is not None:
                 x, target = mixup_fn(x, y)
             with autocast:
+                teacher_logits = teacher_fn(x) if teacher is not None else None
                 out = train_model(x)
-                loss = criterion(out.float(), target)
+                loss = loss_of(out, target, teacher_logits)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if sam is not None and epoch + 1 >= sam_start_epoch:
                 sam.ascend()
                 optimizer.zero_grad(set_to_none=True)
                 with autocast:
-                    sharp_loss = criterion(train_model(x).float(), target)
+                    sharp_loss = loss_of(train_model(x), target, teacher_logits)
                 scaler.scale(sharp_loss).backward()
                 sam.restore()
             if clip:

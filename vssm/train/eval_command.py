@@ -89,6 +89,7 @@ def checkpoint_metadata(path: str) -> Dict[str, Any]:
             "model": cfg.get("model"),
             "model_kwargs": cfg.get("model_kwargs") or {},
             "model_module": cfg.get("model_module"),
+            "data": cfg.get("data"),
             "num_classes": cfg.get("num_classes"),
             "in_chans": cfg.get("in_chans"),
             "img_size": cfg.get("img_size"),

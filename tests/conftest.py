@@ -43,17 +43,30 @@ needs_data = pytest.mark.skipif(
 )
 
 
-def run_vssm(*args: str, nproc: int = 1, fault: Optional[str] = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_vssm(*args: str, nproc: int = 1, fault: Optional[str] = None, timeout: int = 300,
+             check: bool = False) -> subprocess.CompletedProcess:
     """`python -m vssm ARGS` in a child process (under torchrun with `nproc` > 1), one OpenMP thread each, the
-    checkout on the path; `fault` sets VSSM_FAULT (vssm/train/faults.py)."""
+    checkout on the path; `fault` sets VSSM_FAULT (vssm/train/faults.py); `check` fails the test, with the
+    command's output, when it exits non-zero."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.pop("VSSM_FAULT", None)
     if fault:
         env["VSSM_FAULT"] = fault
     launcher = [sys.executable] if nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.run([*launcher, "-m", "vssm", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([*launcher, "-m", "vssm", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vssm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_cli(capsys, *argv: str):
+    """The vssm command in this process, for paths that stop before any training: (exit code, stderr)."""
+    from vssm.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(autouse=True)

@@ -12,17 +12,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import vssm
-from conftest import needs_data, run_vssm
+from conftest import needs_data, run_cli, run_vssm
 from vssm.train.distill import Teacher, distillation_loss
 
 FEMTO = ["--model", "vmamba_femto", "--model-kwargs", '{"dims": [16, 32, 64], "depths": [1, 1, 1]}']
 QUIET = ["--no-tensorboard", "--no-plot", "--progress", "none", "--threads", "1"]
-
-
-def _ok(*args, timeout=300):
-    proc = run_vssm(*args, timeout=timeout)
-    assert proc.returncode == 0, f"vssm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    return proc
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
@@ -80,8 +74,9 @@ def test_teacher_sees_its_own_size_and_normalisation_in_eval_mode():
 def teacher_run(tmp_path_factory):
     """vmamba_femto trained at 28 px on 3,000 images for 2 epochs (about 75% top-1)."""
     out = tmp_path_factory.mktemp("distill") / "teacher"
-    _ok("train", "--preset", "fashion-mnist-cpu", "--train-subset", "3000", "--val-subset", "1000", "--epochs", "2",
-        "--batch-size", "64", "--warmup-epochs", "0.2", *QUIET, "--output", str(out), timeout=600)
+    run_vssm("train", "--preset", "fashion-mnist-cpu", "--train-subset", "3000", "--val-subset", "1000",
+             "--epochs", "2", "--batch-size", "64", "--warmup-epochs", "0.2", *QUIET, "--output", str(out),
+             timeout=600, check=True)
     return out
 
 
@@ -161,45 +156,38 @@ def test_student_learns_the_teachers_classes_not_the_labels(teacher_run, tmp_pat
     permuted = tmp_path / "permuted.safetensors"
     _permuted_copy(teacher_run / "model.safetensors", permuted, perm)
     student = tmp_path / "student"
-    _ok("train", "--preset", "fashion-mnist-cpu", *FEMTO, "--img-size", "32", "--train-subset", "3000",
-        "--val-subset", "1000", "--epochs", "2", "--batch-size", "64", "--warmup-epochs", "0.2", *QUIET,
-        "--teacher", str(permuted), "--distill-weight", "1", "--distill-temperature", "2", "--output", str(student),
-        timeout=600)
+    run_vssm("train", "--preset", "fashion-mnist-cpu", *FEMTO, "--img-size", "32", "--train-subset", "3000",
+             "--val-subset", "1000", "--epochs", "2", "--batch-size", "64", "--warmup-epochs", "0.2", *QUIET,
+             "--teacher", str(permuted), "--distill-weight", "1", "--distill-temperature", "2",
+             "--output", str(student), timeout=600, check=True)
     as_trained = json.loads((student / "summary.json").read_text())["final"]["acc1"]
     restored = tmp_path / "restored.safetensors"
     _permuted_copy(student / "model.safetensors", restored, torch.argsort(perm))
-    _ok("eval", "--checkpoint", str(restored), "--val-subset", "1000", "--print-freq", "0",
-        "--json", str(tmp_path / "e.json"))
+    run_vssm("eval", "--checkpoint", str(restored), "--val-subset", "1000", "--print-freq", "0",
+             "--json", str(tmp_path / "e.json"), check=True)
     unpermuted = json.loads((tmp_path / "e.json").read_text())["acc1"]
     assert as_trained < 25.0 and unpermuted > 45.0, (as_trained, unpermuted)
-
-
-def _cli(capsys, *argv):
-    from vssm.cli import main
-
-    code = main(list(argv))
-    return code, capsys.readouterr().err
 
 
 @needs_data
 def test_clear_errors(teacher_run, tmp_path, capsys):
     tiny = [*FEMTO, "--img-size", "28", "--train-subset", "64", "--val-subset", "50", "--batch-size", "32",
             "--epochs", "1", *QUIET]
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--distill-weight", "1.5")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--distill-weight", "1.5")
     assert code == 2 and "--distill-weight is the soft term's share" in err
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--distill-temperature", "0")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--distill-temperature", "0")
     assert code == 2 and "--distill-temperature must be > 0" in err
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--teacher-model", "resnet18")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--teacher-model", "resnet18")
     assert code == 2 and "give --teacher too" in err
-    code, err = _cli(capsys, "train", *tiny, "--teacher", str(tmp_path / "missing.safetensors"),
-                     "--output", str(tmp_path / "a"))
+    code, err = run_cli(capsys, "train", *tiny, "--teacher", str(tmp_path / "missing.safetensors"),
+                        "--output", str(tmp_path / "a"))
     assert code == 2 and "checkpoint not found" in err
     # weights in a foreign layout do not say which model they hold
     foreign = tmp_path / "foreign.pth"
     torch.save({"model": vssm.create_model("vmamba_femto", num_classes=10, in_chans=1).state_dict()}, foreign)
-    code, err = _cli(capsys, "train", *tiny, "--teacher", str(foreign), "--output", str(tmp_path / "b"))
+    code, err = run_cli(capsys, "train", *tiny, "--teacher", str(foreign), "--output", str(tmp_path / "b"))
     assert code == 2 and "does not say which model it holds" in err
     # a teacher for 3-channel inputs cannot score the 1-channel student's batches
-    code, err = _cli(capsys, "train", *tiny, "--in-chans", "3", "--teacher", str(teacher_run / "model.safetensors"),
-                     "--output", str(tmp_path / "c"))
+    code, err = run_cli(capsys, "train", *tiny, "--in-chans", "3", "--teacher", str(teacher_run / "model.safetensors"),
+                        "--output", str(tmp_path / "c"))
     assert code == 2 and "1 input channels, the student's data 10 and 3" in err

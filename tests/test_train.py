@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 import vssm
-from conftest import needs_data, requires_cuda, run_vssm
+from conftest import needs_data, requires_cuda, run_cli, run_vssm
 from vssm.data.tensor_loader import TensorAugment, TensorTrainLoader
 from vssm.train.checkpointing import atomic_write, list_checkpoints
 
@@ -32,10 +32,7 @@ TINY = ["--model", "vmamba_femto", "--model-kwargs", '{"dims": [16, 32, 64], "de
 
 
 def vssm_cmd(*args, fault=None, check=True, timeout=300, nproc=1):
-    proc = run_vssm(*args, nproc=nproc, fault=fault, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vssm {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_vssm(*args, nproc=nproc, fault=fault, timeout=timeout, check=check)
 
 
 def comparable(summary: dict) -> dict:
@@ -494,52 +491,45 @@ def test_train_with_val_holdout(tmp_path):
 # ---- errors ---------------------------------------------------------------------------------------------------
 
 
-def _cli(capsys, *argv):
-    """Run the vssm command in this process (error paths stop before any training); (exit code, stderr)."""
-    from vssm.cli import main
-
-    code = main(list(argv))
-    return code, capsys.readouterr().err
-
-
 def test_clear_errors(tmp_path, capsys):
-    code, err = _cli(capsys, "train", "--data", str(tmp_path / "nowhere"), "--model", "vmamba_femto")
+    code, err = run_cli(capsys, "train", "--data", str(tmp_path / "nowhere"), "--model", "vmamba_femto")
     assert code == 2 and "does not exist" in err
     (tmp_path / "notree" / "train" / "a").mkdir(parents=True)
-    code, err = _cli(capsys, "train", "--data", str(tmp_path / "notree"), "--model", "vmamba_femto")
+    code, err = run_cli(capsys, "train", "--data", str(tmp_path / "notree"), "--model", "vmamba_femto")
     assert code == 2 and "no val/ folder" in err
-    code, err = _cli(capsys, "eval", "--model", "vmamba_femto", "--checkpoint", str(tmp_path / "missing.pth"))
+    code, err = run_cli(capsys, "eval", "--model", "vmamba_femto", "--checkpoint", str(tmp_path / "missing.pth"))
     assert code == 2 and "checkpoint not found" in err
     bad = tmp_path / "bad.pth"
     model = vssm.create_model("vmamba_femto", num_classes=10, in_chans=1)
     torch.save({"model": model.state_dict()}, bad)
     bad.write_bytes(bad.read_bytes()[:3000])
-    code, err = _cli(capsys, "eval", "--model", "vmamba_femto", "--checkpoint", str(bad))
+    code, err = run_cli(capsys, "eval", "--model", "vmamba_femto", "--checkpoint", str(bad))
     assert code == 2 and "truncated or corrupt" in err
     # a weights file (official layout) is not something --resume can continue
     weights_file = tmp_path / "weights.pth"
     torch.save({"model": model.state_dict()}, weights_file)
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--output", str(tmp_path / "r"), "--resume",
-                     str(weights_file))
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--output", str(tmp_path / "r"), "--resume",
+                        str(weights_file))
     assert code == 2 and "not a vssm training checkpoint" in err
-    code, err = _cli(capsys, "train", "--model", "no_such_model_xyz", "--output", str(tmp_path / "r2"))
+    code, err = run_cli(capsys, "train", "--model", "no_such_model_xyz", "--output", str(tmp_path / "r2"))
     assert code == 2 and "unknown model" in err
-    code, err = _cli(capsys, "train", "--model-module", str(tmp_path / "nowhere.py"), "--model", "wrn40_4",
-                     "--output", str(tmp_path / "r3"))
+    code, err = run_cli(capsys, "train", "--model-module", str(tmp_path / "nowhere.py"), "--model", "wrn40_4",
+                        "--output", str(tmp_path / "r3"))
     assert code == 2 and "no such file" in err
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--stop-after-minutes", "-1")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--stop-after-minutes", "-1")
     assert code == 2 and "--stop-after-minutes must be >= 0" in err
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--val-holdout", "-5")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--val-holdout", "-5")
     assert code == 2 and "--val-holdout is a number of training images" in err
-    code, err = _cli(capsys, "train", *TINY, "--device", "cpu", "--val-holdout", "60000", "--output", str(tmp_path / "h"))
+    code, err = run_cli(capsys, "train", *TINY, "--device", "cpu", "--val-holdout", "60000",
+                        "--output", str(tmp_path / "h"))
     assert code == 2 and "hold out fewer" in err
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "-0.05")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "-0.05")
     assert code == 2 and "--sam-rho must be >= 0" in err
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "0.05", "--sam-start-epoch", "0")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--sam-rho", "0.05", "--sam-start-epoch", "0")
     assert code == 2 and "--sam-start-epoch counts from 1" in err
-    code, err = _cli(capsys, "train", "--model", "vmamba_femto", "--cuda-graphs", "--compile")
+    code, err = run_cli(capsys, "train", "--model", "vmamba_femto", "--cuda-graphs", "--compile")
     assert code == 2 and "exclude each other" in err
-    code, err = _cli(capsys, "train", *TINY, "--device", "cpu", "--cuda-graphs", "--output", str(tmp_path / "g"))
+    code, err = run_cli(capsys, "train", *TINY, "--device", "cpu", "--cuda-graphs", "--output", str(tmp_path / "g"))
     assert code == 2 and "--cuda-graphs needs one CUDA device" in err
 
 

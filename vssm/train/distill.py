@@ -35,7 +35,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 class Teacher(nn.Module):
     """A frozen model that scores the student's batches at its own input size and normalisation.
 
-    ``mean`` / ``std``: the student's normalisation (what its batches carry) and the teacher's, per channel."""
+    ``student_mean`` / ``student_std``: the normalisation the student's batches carry; ``teacher_mean`` /
+    ``teacher_std``: the one the teacher was trained with; per channel."""
 
     def __init__(self, model: nn.Module, img_size: int, student_mean: Sequence[float], student_std: Sequence[float],
                  teacher_mean: Sequence[float], teacher_std: Sequence[float]):

@@ -555,7 +555,8 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
                                cfg.get("teacher_model"))
         if cfg.get("channels_last"):
             teacher.to(memory_format=torch.channels_last)
-        # no CUDA graphs for the teacher: its outputs would be overwritten by the student's graphs' replays
+        # without CUDA graphs: the teacher's logits must stay valid through the student's graph replays, which
+        # draw on the same memory pool
         teacher_fn = torch.compile(teacher, mode="default") if cfg.get("compile") else teacher
     distill_w, distill_t = float(cfg["distill_weight"]), float(cfg["distill_temperature"])
 

@@ -7,12 +7,10 @@
 # minutes): the first stops it after STOP minutes (exit 75), the second, on the same warm machine, finishes it; the
 # teacher is trained once.
 #
-#   STOP=4.5 SEED=0 bash benchmarks/fashion_mnist_distill.sh; SEED=0 bash benchmarks/fashion_mnist_distill.sh
+#   STOP=3.5 SEED=0 bash benchmarks/fashion_mnist_distill.sh; SEED=0 bash benchmarks/fashion_mnist_distill.sh
 #   SMOKE=1 R=/tmp/d O=/tmp/o bash benchmarks/fashion_mnist_distill.sh   # a CPU check of the script (tiny runs)
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-.}
-export VSSM_FASHION_MNIST_DIR=${VSSM_FASHION_MNIST_DIR:-$PWD/build/fashion-mnist}
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor}
+source "$(dirname "$0")/fashion_mnist_env.sh"
 SEED=${SEED:-0}; TEACHER_MIN=${TEACHER_MIN:-3}; STUDENT_MIN=${STUDENT_MIN:-11.5}; STOP=${STOP:-8.6}
 WEIGHT=${WEIGHT:-0.5}; TEMPERATURE=${TEMPERATURE:-2}
 R=${R:-build/distill}; O=${O:-${OUT:-build/distill-out}}

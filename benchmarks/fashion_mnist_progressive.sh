@@ -9,9 +9,7 @@
 #   SEED=0 bash benchmarks/fashion_mnist_progressive.sh          # twice, on one warm machine
 #   SMOKE=1 R=/tmp/p O=/tmp/o bash benchmarks/fashion_mnist_progressive.sh   # a CPU check of the script (tiny runs)
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-.}
-export VSSM_FASHION_MNIST_DIR=${VSSM_FASHION_MNIST_DIR:-$PWD/build/fashion-mnist}
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor}
+source "$(dirname "$0")/fashion_mnist_env.sh"
 SEED=${SEED:-0}; LOW_MIN=${LOW_MIN:-11}; HIGH_MIN=${HIGH_MIN:-3.5}; HIGH=${HIGH:-112}; HIGH_LR=${HIGH_LR:-5e-4}
 R=${R:-build/progressive}; O=${O:-${OUT:-build/progressive-out}}
 DRIVER=(python3 benchmarks/fashion_mnist_gpu.py --runs-dir "$R" --data-dir "$VSSM_FASHION_MNIST_DIR" --tta)

@@ -11,9 +11,7 @@
 #
 # Results: $W/<name>/results.md (one row each: plain, sam<rho>), logs and eval JSONs beside them.
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-.}
-export VSSM_FASHION_MNIST_DIR=${VSSM_FASHION_MNIST_DIR:-$PWD/build/fashion-mnist}
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor}
+source "$(dirname "$0")/fashion_mnist_env.sh"
 MODEL=${MODEL:-vmamba_nano}; EPOCHS=${EPOCHS:-200}; SAM_START=${SAM_START:-151}; RHOS=${RHOS:-"0.05 0.2"}
 BUDGET=${BUDGET:-570}; R=${R:-build/sam-runs}; W=${W:-build/sam-out}; TRAIN_ARGS=${TRAIN_ARGS:-"--eval-every 10"}
 COMPILE=${COMPILE-reduce-overhead}; DRIVER_ARGS=${DRIVER_ARGS:-}  # COMPILE= DRIVER_ARGS=--smoke: a CPU check

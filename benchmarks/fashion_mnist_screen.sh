@@ -27,9 +27,7 @@
 # Results: $W/<name>/results.md (table row after the last epoch), $R/<name>/log.jsonl (every epoch), R defaulting to
 # build/screen-runs; with $OUT set, the logs are packed into $OUT/screen.tgz.
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-.}
-export VSSM_FASHION_MNIST_DIR=${VSSM_FASHION_MNIST_DIR:-$PWD/build/fashion-mnist}
-export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor}
+source "$(dirname "$0")/fashion_mnist_env.sh"
 EPOCHS=${EPOCHS:-72}; STOP=${STOP:-8}; ONLY=${ONLY:-}; W=${W:-build/screen-out}; R=${R:-build/screen-runs}
 SCREEN=${SCREEN:-arch}; COMPILE=${COMPILE-reduce-overhead}; DRIVER_ARGS=${DRIVER_ARGS:-}
 mkdir -p "$W"

@@ -131,6 +131,20 @@ def test_training_steps_on_the_blended_loss(teacher_run, tmp_path, monkeypatch):
     assert config["teacher"].endswith("model.safetensors") and config["distill_weight"] == 0.7
 
 
+@needs_data
+def test_teacher_from_a_training_checkpoint_is_its_exported_ema_weights(teacher_run):
+    """A training checkpoint records no normalisation, only its data: the teacher it makes (EMA weights,
+    Fashion-MNIST's statistics) scores a batch exactly as the one from the run's exported weights."""
+    from vssm.data.build import data_info
+    from vssm.train.distill import load_teacher
+
+    info = data_info({"data": "fashion-mnist", "img_size": 32})
+    x = torch.randn(4, 1, 32, 32)
+    logits = [load_teacher(str(path), 10, 1, info.mean, info.std, torch.device("cpu"))(x)
+              for path in (teacher_run / "model.safetensors", teacher_run / "checkpoints" / "last.pth")]
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+
+
 def _permuted_copy(src: Path, dst: Path, perm: torch.Tensor) -> None:
     """The exported weights of ``src`` with the classifier's rows permuted: class c scores as class perm[c]."""
     from safetensors import safe_open

@@ -57,7 +57,7 @@ class Teacher(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) student batch -> (B, num_classes) teacher logits."""
         if x.shape[-2:] != (self.img_size, self.img_size):
-            x = F.interpolate(x.float(), size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.img_size)
         if self.renormalise:
             x = x * self.scale + self.shift
@@ -72,7 +72,7 @@ def load_teacher(path: str, num_classes: int, in_chans: int, student_mean: Seque
     when its classes or channels differ from the student's data."""
     from ..checkpoint import load_checkpoint
     from .engine import UsageError, build_model
-    from .eval_command import checkpoint_metadata
+    from .eval_command import checkpoint_metadata, weights_key
 
     meta: Dict[str, Any] = checkpoint_metadata(path)
     name = model_name or meta.get("model")
@@ -89,8 +89,7 @@ def load_teacher(path: str, num_classes: int, in_chans: int, student_mean: Seque
                          f"wrote")
     model = build_model(name, classes, chans, img_size, model_kwargs=meta.get("model_kwargs") or {},
                         model_module=meta.get("model_module"))
-    key = "auto" if meta.get("kind") != "training" else ("model_ema" if meta.get("has_ema") else "model")
-    load_checkpoint(model, path, key=key)
+    load_checkpoint(model, path, key=weights_key(meta))
     mean, std = _normalisation(meta, model, chans)
     return Teacher(model, img_size, student_mean, student_std, mean, std).to(device)
 
@@ -100,11 +99,12 @@ def _normalisation(meta: Dict[str, Any], model: nn.Module, in_chans: int):
     its data, whose statistics are Fashion-MNIST's or, for an ImageFolder, the model's default ones."""
     if meta.get("mean") and meta.get("std"):
         return meta["mean"], meta["std"]
-    from ..data.build import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    from ..data.build import data_info
     from .config import is_fashion_mnist
 
     if is_fashion_mnist(meta.get("data") or ""):
-        return FASHION_MNIST_MEAN * in_chans, FASHION_MNIST_STD * in_chans
+        info = data_info({"data": "fashion-mnist", "in_chans": in_chans})
+        return info.mean, info.std
     from timm.data import resolve_data_config
 
     resolved = resolve_data_config({}, model=model)

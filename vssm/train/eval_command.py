@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 from ..checkpoint import CheckpointError
 from .config import TTA_MODES
 
-__all__ = ["add_arguments", "main", "run_eval", "checkpoint_metadata"]
+__all__ = ["add_arguments", "main", "run_eval", "checkpoint_metadata", "weights_key"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +103,18 @@ def checkpoint_metadata(path: str) -> Dict[str, Any]:
     return {}
 
 
+def weights_key(meta: Dict[str, Any], weights: str = "auto") -> str:
+    """The entry of a checkpoint to load (:func:`vssm.load_checkpoint`'s ``key``), given its
+    :func:`checkpoint_metadata`: ``weights`` auto / model / ema; auto is the EMA weights when a training run kept them,
+    as its summary reports."""
+    if meta.get("kind") == "weights":
+        return "auto"
+    named = {"model": "model", "ema": "model_ema"}.get(weights)
+    if meta.get("kind") == "training":
+        return named or ("model_ema" if meta.get("has_ema") else "model")
+    return named or "auto"
+
+
 def run_eval(
     checkpoint: str,
     model_name: Optional[str] = None,
@@ -140,13 +152,7 @@ def run_eval(
     model_name = model_name or meta.get("model")
     if not model_name:
         raise UsageError(f"{checkpoint} does not say which model it holds; pass --model NAME")
-    key = checkpoint_key
-    if key is None and meta.get("kind") == "weights":
-        key = "auto"
-    elif key is None and meta.get("kind") == "training":
-        key = {"model": "model", "ema": "model_ema"}.get(weights) or ("model_ema" if meta.get("has_ema") else "model")
-    elif key is None:
-        key = {"model": "model", "ema": "model_ema"}.get(weights, "auto")
+    key = checkpoint_key or weights_key(meta, weights)
     cfg = {
         "data": "fashion-mnist" if is_fashion_mnist(data) else data,
         "img_size": img_size or meta.get("img_size"),

@@ -344,7 +344,7 @@ def test_imagefolder_train_and_eval(tmp_path, monkeypatch):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 16 and summary["data"] == str(root)
     from timm.models import get_pretrained_cfg
-    from vssm.train.eval_command import checkpoint_metadata
+    from vssm.train.checkpointing import checkpoint_metadata
 
     default_cfg = get_pretrained_cfg("vmamba_femto")
     meta = checkpoint_metadata(str(out / "model.safetensors"))

@@ -88,7 +88,7 @@ def checkpoint_info(path: str) -> dict:
     """What a vssm training checkpoint / exported ``model.safetensors`` records about its model and data (model
     name, model_kwargs, num_classes, in_chans, img_size, mean, std, ...); {} for official or foreign files."""
     try:
-        from ..train.eval_command import checkpoint_metadata
+        from ..train.checkpointing import checkpoint_metadata
     except ImportError:  # the training package is optional here
         return {}
     try:

@@ -1,4 +1,4 @@
-"""Training checkpoints that lose nothing.
+"""Training checkpoints that lose nothing, the exported weights, and what both record about their run.
 
 Every file is written atomically: serialised to ``NAME.tmp-<pid>`` in the same folder, flushed, fsync'ed,
 renamed over ``NAME`` with ``os.replace`` and the folder fsync'ed, so a crash at any instant leaves either the
@@ -31,6 +31,7 @@ from . import faults
 
 __all__ = [
     "FORMAT",
+    "WEIGHTS_FORMAT",
     "atomic_write",
     "atomic_save",
     "atomic_link",
@@ -42,9 +43,12 @@ __all__ = [
     "find_resume_checkpoint",
     "prune_checkpoints",
     "export_safetensors",
+    "checkpoint_metadata",
+    "weights_key",
 ]
 
 FORMAT = "vssm.train.checkpoint/1"
+WEIGHTS_FORMAT = "vssm.weights/1"  # the metadata "format" of an exported model.safetensors
 _NAME = re.compile(r"^ckpt_e(\d+)_s(\d+)\.pth$")
 
 
@@ -213,3 +217,59 @@ def export_safetensors(state_dict: Dict[str, torch.Tensor], path: str, metadata:
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     atomic_write(path, save(tensors, metadata=meta))
+
+
+def checkpoint_metadata(path: str) -> Dict[str, Any]:
+    """What a vssm checkpoint says about its model and data: {} for official / foreign files."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"cannot read {path} as safetensors ({err}); the file may be truncated") from err
+        if meta.get("format") != WEIGHTS_FORMAT:
+            return {}
+        out = {}
+        for k, v in meta.items():
+            try:
+                out[k] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k] = v
+        out["kind"] = "weights"
+        return out
+    obj = read_checkpoint(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        cfg = obj["config"]
+        return {
+            "kind": "training",
+            "model": cfg.get("model"),
+            "model_kwargs": cfg.get("model_kwargs") or {},
+            "model_module": cfg.get("model_module"),
+            "data": cfg.get("data"),
+            "num_classes": cfg.get("num_classes"),
+            "in_chans": cfg.get("in_chans"),
+            "img_size": cfg.get("img_size"),
+            "fit": cfg.get("fit"),
+            "crop_pct": cfg.get("crop_pct"),
+            "interpolation": cfg.get("interpolation"),
+            "has_ema": obj.get("model_ema") is not None,
+            "epoch": obj.get("epoch"),
+            "global_step": obj.get("global_step"),
+        }
+    return {}
+
+
+def weights_key(meta: Dict[str, Any], weights: str = "auto") -> str:
+    """The entry of a checkpoint to load (:func:`vssm.load_checkpoint`'s ``key``), given its
+    :func:`checkpoint_metadata`: ``weights`` auto / model / ema; auto is the EMA weights when a training run kept them,
+    as its summary reports."""
+    if meta.get("kind") == "weights":
+        return "auto"
+    named = {"model": "model", "ema": "model_ema"}.get(weights)
+    if meta.get("kind") == "training":
+        return named or ("model_ema" if meta.get("has_ema") else "model")
+    return named or "auto"

@@ -72,7 +72,7 @@ def load_teacher(path: str, num_classes: int, in_chans: int, student_mean: Seque
     when its classes or channels differ from the student's data."""
     from ..checkpoint import load_checkpoint
     from .engine import UsageError, build_model
-    from .eval_command import checkpoint_metadata, weights_key
+    from .checkpointing import checkpoint_metadata, weights_key
 
     meta: Dict[str, Any] = checkpoint_metadata(path)
     name = model_name or meta.get("model")

@@ -29,6 +29,7 @@ from . import budget as time_budget
 from . import faults
 from .checkpointing import (
     FORMAT,
+    WEIGHTS_FORMAT,
     atomic_link,
     atomic_save,
     atomic_write,
@@ -835,7 +836,7 @@ def _train(cfg: Dict[str, Any], given: Dict[str, Any], dist: DistInfo) -> Dict[s
         final = ema.module if ema is not None else model
         weights = os.path.join(out_dir, "model.safetensors")
         meta = {
-            "format": "vssm.weights/1",
+            "format": WEIGHTS_FORMAT,
             "model": cfg["model"],
             "model_kwargs": cfg.get("model_kwargs") or {},
             "model_module": cfg.get("model_module"),

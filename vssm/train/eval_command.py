@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 from ..checkpoint import CheckpointError
 from .config import TTA_MODES
 
-__all__ = ["add_arguments", "main", "run_eval", "checkpoint_metadata", "weights_key"]
+__all__ = ["add_arguments", "main", "run_eval"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,66 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None)
 
 
-def checkpoint_metadata(path: str) -> Dict[str, Any]:
-    """What a vssm checkpoint says about its model and data: {} for official / foreign files."""
-    from .checkpointing import FORMAT
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"cannot read {path} as safetensors ({err}); the file may be truncated") from err
-        if meta.get("format") != "vssm.weights/1":
-            return {}
-        out = {}
-        for k, v in meta.items():
-            try:
-                out[k] = json.loads(v)
-            except json.JSONDecodeError:
-                out[k] = v
-        out["kind"] = "weights"
-        return out
-    from ..checkpoint import read_checkpoint
-
-    obj = read_checkpoint(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        cfg = obj["config"]
-        return {
-            "kind": "training",
-            "model": cfg.get("model"),
-            "model_kwargs": cfg.get("model_kwargs") or {},
-            "model_module": cfg.get("model_module"),
-            "data": cfg.get("data"),
-            "num_classes": cfg.get("num_classes"),
-            "in_chans": cfg.get("in_chans"),
-            "img_size": cfg.get("img_size"),
-            "fit": cfg.get("fit"),
-            "crop_pct": cfg.get("crop_pct"),
-            "interpolation": cfg.get("interpolation"),
-            "has_ema": obj.get("model_ema") is not None,
-            "epoch": obj.get("epoch"),
-            "global_step": obj.get("global_step"),
-        }
-    return {}
-
-
-def weights_key(meta: Dict[str, Any], weights: str = "auto") -> str:
-    """The entry of a checkpoint to load (:func:`vssm.load_checkpoint`'s ``key``), given its
-    :func:`checkpoint_metadata`: ``weights`` auto / model / ema; auto is the EMA weights when a training run kept them,
-    as its summary reports."""
-    if meta.get("kind") == "weights":
-        return "auto"
-    named = {"model": "model", "ema": "model_ema"}.get(weights)
-    if meta.get("kind") == "training":
-        return named or ("model_ema" if meta.get("has_ema") else "model")
-    return named or "auto"
-
-
 def run_eval(
     checkpoint: str,
     model_name: Optional[str] = None,
@@ -143,7 +83,7 @@ def run_eval(
     """Evaluate a checkpoint; returns (and optionally writes as JSON) the metrics."""
     from ..checkpoint import load_checkpoint
     from ..data.build import build_eval_loader, data_info
-    from .checkpointing import atomic_write
+    from .checkpointing import atomic_write, checkpoint_metadata, weights_key
     from .config import is_fashion_mnist
     from .distributed import cleanup_distributed, setup_distributed
     from .engine import Logger, UsageError, amp_dtype, build_model, evaluate

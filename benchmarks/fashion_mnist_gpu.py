@@ -217,9 +217,9 @@ HEADER_KEYS = ("preset", "img_size", "amp", "compile_mode", "train_args", "devic
 def write_tables(out: str, rows: List[dict], plan: dict) -> None:
     rows = sorted(rows, key=lambda r: (not r["model"].startswith(VSSM_FAMILIES), r["model_name"]))
     write_json_atomic(os.path.join(out, "results.json"), {"plan": plan, "rows": rows}, indent=2)
-    n_images = sorted({r["n_images"] for r in rows if "n_images" in r}) or [10000]
+    n_images = " / ".join(f"{n:,}" for n in sorted({r["n_images"] for r in rows if "n_images" in r}) or [10000])
     lines = [
-        f"Fashion-MNIST test top-1 ({' / '.join(f'{n:,}' for n in n_images)} images), trained from scratch with `vssm train --preset {plan['preset']}` "
+        f"Fashion-MNIST test top-1 ({n_images} images), trained from scratch with `vssm train --preset {plan['preset']}` "
         f"for {plan['epochs']} epochs{'' if isinstance(plan['epochs'], int) else ' (per row: the epochs column)'} "
         f"at {plan['img_size']}px, amp {plan['amp']}, "
         f"{'torch.compile mode ' + plan['compile_mode'] if plan.get('compile_mode') else 'eager'}"

@@ -71,8 +71,8 @@ def load_teacher(path: str, num_classes: int, in_chans: int, student_mean: Seque
     Raises ``UsageError`` when the file does not say which model it holds (and ``model_name`` is not given) or
     when its classes or channels differ from the student's data."""
     from ..checkpoint import load_checkpoint
-    from .engine import UsageError, build_model
     from .checkpointing import checkpoint_metadata, weights_key
+    from .engine import UsageError, build_model
 
     meta: Dict[str, Any] = checkpoint_metadata(path)
     name = model_name or meta.get("model")
